@@ -1,0 +1,46 @@
+# Two commands do all the set-up on a fresh machine (see README.md):
+#   make book   install into .venv, execute every notebook, render _build/html
+#   make test   install into .venv, run the whole test suite
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Notebook kernels must find the venv's python, torch and course_lib.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export MPLBACKEND := Agg
+export PYTHONUNBUFFERED := 1
+# Where course_lib caches generated datasets (MNIST-1D); kept out of $HOME in CI.
+export COURSE_LIB_CACHE ?= $(abspath _build/cache)
+STAMP := $(VENV)/.installed
+# Every chapter and lab notebook (labs/ may not exist yet in an old checkout).
+NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb labs/*/*.ipynb))
+
+.PHONY: install book test test-gpu lint clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (course)" >/dev/null
+	@touch $@
+
+# Execute every notebook (cached by Jupyter Book) and render the HTML book.
+book: install
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@echo "Open _build/html/index.html"
+
+# Unit tests, every chapter and lab notebook under nbval, the book build.
+test: install
+	$(VENV)/bin/ruff check course_lib tests
+	$(PY) -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-cell-timeout=300 \
+		--durations=15 -p no:cacheprovider
+
+# The same suite on a CUDA machine; fails instead of falling back to the CPU.
+test-gpu: export COURSE_LIB_REQUIRE_CUDA := 1
+test-gpu: test
+
+clean:
+	rm -rf _build .pytest_cache

@@ -1,0 +1,71 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib import device as dev
+
+
+def test_auto_picks_cuda_exactly_when_available(monkeypatch):
+    monkeypatch.delenv("COURSE_LIB_REQUIRE_CUDA", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dev.get_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dev.get_device() == torch.device("cuda")
+    assert dev.get_device("cpu") == torch.device("cpu")
+
+
+def test_cuda_requested_without_gpu_is_an_error(monkeypatch):
+    monkeypatch.delenv("COURSE_LIB_REQUIRE_CUDA", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        dev.get_device("cuda")
+    monkeypatch.setenv("COURSE_LIB_REQUIRE_CUDA", "1")
+    with pytest.raises(RuntimeError, match="COURSE_LIB_REQUIRE_CUDA"):
+        dev.get_device()
+
+
+@pytest.mark.parametrize("prefer", ["gpu", "CUDA", "", None])
+def test_unknown_device_names_the_argument(prefer):
+    with pytest.raises(ValueError, match="prefer"):
+        dev.get_device(prefer)
+
+
+def test_seed_everything_makes_all_generators_repeat():
+    def draw():
+        return (np.random.rand(), torch.rand(3), __import__("random").random())
+
+    g1 = dev.seed_everything(7)
+    a = draw(), torch.rand(2, generator=g1)
+    g2 = dev.seed_everything(7)
+    b = draw(), torch.rand(2, generator=g2)
+    assert a[0][0] == b[0][0] and a[0][2] == b[0][2]
+    assert torch.equal(a[0][1], b[0][1]) and torch.equal(a[1], b[1])
+    dev.seed_everything(8)
+    assert not torch.equal(torch.rand(3), a[0][1])
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, True, "0"])
+def test_bad_seed_names_the_argument(seed):
+    with pytest.raises(ValueError, match="seed"):
+        dev.seed_everything(seed)
+
+
+def test_set_deterministic_round_trip():
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        dev.set_deterministic(True)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"]
+        dev.set_deterministic(False)
+        assert not torch.are_deterministic_algorithms_enabled()
+        with pytest.raises(ValueError, match="enabled"):
+            dev.set_deterministic("yes")
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def test_describe_environment_names_torch_version():
+    assert torch.__version__ in dev.describe_environment()
