@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 # Every chapter and lab notebook (labs/ may not exist yet in an old checkout).
 NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb labs/*/*.ipynb))
 
-.PHONY: install book test test-gpu lint clean
+.PHONY: install book test test-gpu labs grade clean
 
 install: $(STAMP)
 
@@ -41,6 +41,16 @@ test: install
 # The same suite on a CUDA machine; fails instead of falling back to the CPU.
 test-gpu: export COURSE_LIB_REQUIRE_CUDA := 1
 test-gpu: test
+
+# Regenerate every student notebook labs/<lab>/<lab>.ipynb from its solution.ipynb.
+labs: install
+	$(PY) -m course_lib.labs.generate labs
+
+# Grade a folder of submissions: make grade LAB=lab01_sgd SUBMISSIONS=path/to/folder
+grade: install
+	@test -n "$(LAB)" -a -n "$(SUBMISSIONS)" || \
+		{ echo "usage: make grade LAB=lab01_sgd SUBMISSIONS=folder"; exit 2; }
+	$(PY) -m course_lib.labs.grade $(LAB) $(SUBMISSIONS)
 
 clean:
 	rm -rf _build .pytest_cache

@@ -1,7 +1,8 @@
 """Training loops: mini-batch SGD written out by hand, and the general ``fit``.
 
-:func:`minibatch_sgd` is the algorithm of chapter 1 with nothing hidden: shuffle,
-slice a batch, compute the loss, back-propagate, step. ``tests/test_train.py``
+:func:`minibatch_sgd` is the algorithm of chapter 1 with nothing hidden: shuffle
+and slice (:func:`minibatch_indices`), then compute the loss, back-propagate
+and step (:func:`sgd_step`). ``tests/test_train.py``
 shows it produces the same parameters as ``torch.optim.SGD`` driven by a
 ``DataLoader``. :func:`fit` is the loop the rest of the book uses: any
 optimizer, an optional schedule, validation, callbacks and a
@@ -33,6 +34,44 @@ def _check_lr(lr) -> None:
         raise ValueError(f"lr must be a non-negative number, got {lr!r}")
 
 
+def minibatch_indices(
+    n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """One epoch of batches: index tensors covering ``range(n)`` once each.
+
+    With ``shuffle`` the order is ``torch.randperm(n, generator=generator)``,
+    otherwise ``0, 1, ..., n-1``; consecutive runs of ``batch_size`` indices
+    form the batches, and the last batch is smaller when ``batch_size`` does
+    not divide ``n``.
+    """
+    _check_positive_int("n", n)
+    _check_positive_int("batch_size", batch_size)
+    if not isinstance(shuffle, bool):
+        raise ValueError(f"shuffle must be a bool, got {shuffle!r}")
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    return list(order.split(batch_size))  # (B,) each
+
+
+def sgd_step(
+    model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor, lr: float
+) -> float:
+    r"""One SGD step on the batch ``(X, y)``; returns the batch loss before the step.
+
+    .. math:: \theta \leftarrow \theta - \eta\, \nabla_\theta\, \ell(f_\theta(X), y)
+
+    Gradients are cleared first (``backward`` adds to ``.grad``, it does not
+    overwrite it) and parameters without a gradient are left alone.
+    """
+    loss = loss_fn(model(X), y)  # mean over the batch
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+    return loss.item()
+
+
 def minibatch_sgd(
     model: nn.Module,
     X: torch.Tensor,
@@ -49,8 +88,8 @@ def minibatch_sgd(
     r"""Train ``model`` in place with plain mini-batch SGD; return the batch losses.
 
     Each epoch visits the ``n`` samples once, in a fresh random order when
-    ``shuffle`` is true, in batches :math:`B` of ``batch_size`` (the last one
-    may be smaller). Each step applies
+    ``shuffle`` is true (:func:`minibatch_indices`), in batches :math:`B` of
+    ``batch_size``, and takes one :func:`sgd_step` per batch:
 
     .. math::
         \theta \leftarrow \theta - \eta_t \nabla_\theta \frac{1}{|B|}
@@ -64,30 +103,20 @@ def minibatch_sgd(
     extra draw at the end of every epoch, so its later epochs differ.)
     """
     _check_lr(lr)
-    _check_positive_int("batch_size", batch_size)
     _check_positive_int("num_epochs", num_epochs)
-    if not isinstance(shuffle, bool):
-        raise ValueError(f"shuffle must be a bool, got {shuffle!r}")
     if len(X) != len(y):
         raise ValueError(
             f"X and y must have the same length, got {len(X)} and {len(y)}"
         )
     generator = torch.Generator().manual_seed(seed)
-    n, step, losses = len(X), 0, []
+    losses: list[float] = []
     for _ in range(num_epochs):
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size].to(X.device)  # (B,)
-            loss = loss_fn(model(X[idx]), y[idx])  # mean over the batch
-            model.zero_grad(set_to_none=True)
-            loss.backward()
-            step_lr = lr * (schedule(step) if schedule is not None else 1.0)
-            with torch.no_grad():
-                for p in model.parameters():
-                    if p.grad is not None:
-                        p -= step_lr * p.grad
-            losses.append(loss.item())
-            step += 1
+        for idx in minibatch_indices(
+            len(X), batch_size, shuffle=shuffle, generator=generator
+        ):
+            idx = idx.to(X.device)  # (B,)
+            step_lr = lr * (schedule(len(losses)) if schedule is not None else 1.0)
+            losses.append(sgd_step(model, loss_fn, X[idx], y[idx], step_lr))
     return losses
 
 

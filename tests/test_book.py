@@ -51,6 +51,14 @@ def test_every_toc_entry_has_a_page(html):
         assert (html / f"{name}.html").exists(), name
 
 
+def test_labs_show_the_student_version(html):
+    for name in toc_files():
+        if name.startswith("labs/"):
+            page = (html / f"{name}.html").read_text()
+            assert "not implemented yet" in page and "SOLUTION" not in page, name
+            assert not (html / name).with_name("solution.html").exists()
+
+
 def test_chapter_pages_have_a_colab_button_and_no_hidden_checks(html):
     for name in toc_files()[1:]:
         page = (html / f"{name}.html").read_text()

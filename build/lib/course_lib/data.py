@@ -1,0 +1,445 @@
+"""Datasets, fixed splits, normalisation statistics and loaders.
+
+The default path is offline: scikit-learn's bundled digits, MNIST-1D generated
+by the ``mnist1d`` package (cached on disk so it is made once) and synthetic 2-D
+problems. CIFAR-10 and Fashion-MNIST go through the real torchvision classes and
+need their files (or the network) to be there.
+
+Shapes: ``X`` is ``(N, D)`` float32, ``y`` is ``(N,)`` int64 class indices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+import os
+import random
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
+
+DATASETS = ("digits", "mnist1d")
+PROBLEMS_2D = ("moons", "circles", "spirals", "blobs")
+# name -> (torchvision class, folder under root where it keeps its files)
+TORCHVISION_DATASETS = {
+    "cifar10": ("CIFAR10", "cifar-10-batches-py"),
+    "fashion_mnist": ("FashionMNIST", os.path.join("FashionMNIST", "raw")),
+}
+
+# Fixed, so every chapter and lab sees the same split whatever the global seed.
+_SPLIT_SEED = 0
+_DIGITS_TEST_SIZE = 360
+_DEFAULT_VAL_SIZE = {"digits": 360, "mnist1d": 500}
+_MNIST1D_KEYS = ("x", "y", "x_test", "y_test", "t")
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A dataset's files are missing and could not be downloaded."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: `==` on tensors is elementwise
+class Splits:
+    """Fixed, disjoint train / validation / test splits of one dataset.
+
+    ``X_*`` are ``(N_*, num_features)`` float32, ``y_*`` are ``(N_*,)`` int64.
+    """
+
+    X_train: Tensor
+    y_train: Tensor
+    X_val: Tensor
+    y_val: Tensor
+    X_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    name: str
+
+    @property
+    def num_features(self) -> int:
+        return self.X_train.shape[1]
+
+    def __repr__(self) -> str:
+        return (
+            f"Splits(name={self.name!r}, train={len(self.y_train)}, "
+            f"val={len(self.y_val)}, test={len(self.y_test)}, "
+            f"num_features={self.num_features}, num_classes={self.num_classes})"
+        )
+
+
+def cache_dir() -> Path:
+    """Where generated data is cached: ``$COURSE_LIB_CACHE``, else
+    ``~/.cache/course_lib``. The folder is created on first write."""
+    return _default_cache_dir()
+
+
+def _default_cache_dir() -> Path:
+    # A separate name because load_dataset's `cache_dir` argument hides cache_dir().
+    env = os.environ.get("COURSE_LIB_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "course_lib"
+
+
+def load_dataset(
+    name: str,
+    *,
+    val_size: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> Splits:
+    """Load an offline dataset as fixed train / val / test splits.
+
+    - ``"digits"``: scikit-learn's 1,797 8x8 digit images, ``X`` is ``(N, 64)``
+      with the raw pixel values 0..16 (not scaled: see :func:`standardize`).
+      Test is 360 samples, val ``val_size`` (default 360), train the rest.
+    - ``"mnist1d"``: the 5,000 MNIST-1D signals, ``X`` is ``(N, 40)``. Test is
+      the package's own 1,000 test samples; val is ``val_size`` (default 500)
+      drawn from its 4,000 training samples, train the rest.
+
+    The split uses a fixed internal seed, so it does not depend on (or change)
+    the global random state; the test split does not depend on ``val_size``.
+    ``cache_dir`` is where MNIST-1D is cached (default :func:`cache_dir`).
+    """
+    if name == "digits":
+        X_pool, y_pool, X_test, y_test = _digits_arrays()
+    elif name == "mnist1d":
+        folder = _default_cache_dir() if cache_dir is None else Path(cache_dir)
+        arrays = _mnist1d_arrays(folder)
+        X_pool, y_pool = arrays["x"], arrays["y"]
+        X_test, y_test = arrays["x_test"], arrays["y_test"]
+    else:
+        raise ValueError(f"unknown dataset name {name!r}; expected one of {DATASETS}")
+    val_size = _check_val_size(val_size, _DEFAULT_VAL_SIZE[name], len(y_pool))
+    X_train, y_train, X_val, y_val = _split_off(X_pool, y_pool, val_size)
+    return Splits(
+        *_to_torch(X_train, y_train),
+        *_to_torch(X_val, y_val),
+        *_to_torch(X_test, y_test),
+        num_classes=10,
+        name=name,
+    )
+
+
+def _check_val_size(val_size, default: int, pool_size: int) -> int:
+    if val_size is None:
+        return default
+    ok = isinstance(val_size, numbers.Integral) and not isinstance(val_size, bool)
+    if not ok or not 0 <= val_size < pool_size:
+        raise ValueError(
+            f"val_size must be an int in [0, {pool_size - 1}] so that a training "
+            f"set is left, got {val_size!r}"
+        )
+    return int(val_size)
+
+
+def _split_off(X: np.ndarray, y: np.ndarray, n: int):
+    """Draw ``n`` samples out of ``(X, y)`` with the fixed seed.
+
+    Returns ``(X_rest, y_rest, X_drawn, y_drawn)``; both parts keep the original
+    order, so ``n == 0`` returns the input unchanged.
+    """
+    perm = np.random.default_rng(_SPLIT_SEED).permutation(len(y))
+    drawn, rest = np.sort(perm[:n]), np.sort(perm[n:])
+    return X[rest], y[rest], X[drawn], y[drawn]
+
+
+def _to_torch(X: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
+    """``(N, D)`` and ``(N,)`` arrays -> float32 ``X`` and int64 ``y`` tensors."""
+    X = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))
+    return X, torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
+
+
+def _digits_arrays():
+    """Returns ``(X_pool, y_pool, X_test, y_test)``; ``X`` is ``(N, 64)``."""
+    from sklearn.datasets import load_digits  # slow import, needed only here
+
+    digits = load_digits()
+    return _split_off(digits.data, digits.target, _DIGITS_TEST_SIZE)
+
+
+def _mnist1d_arrays(folder: Path) -> dict[str, np.ndarray]:
+    """MNIST-1D arrays from the cache in ``folder``, generated on a miss."""
+    import mnist1d.data  # imports matplotlib; needed only here
+
+    args = mnist1d.data.get_dataset_args()
+    path = folder / _mnist1d_cache_name(args)
+    try:
+        with np.load(path) as cached:
+            return {key: cached[key] for key in _MNIST1D_KEYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass  # missing or unreadable: it is only a cache, so make it again
+    arrays = _generate_mnist1d(args)
+    try:
+        _save_npz_atomic(path, arrays)
+    except OSError as err:  # e.g. a read-only home: still usable, just slower
+        warnings.warn(f"could not cache MNIST-1D at {path}: {err}", stacklevel=3)
+    return arrays
+
+
+def _mnist1d_cache_name(args) -> str:
+    """A file name that changes when the generator's settings or version do."""
+    from importlib.metadata import version
+
+    spec = {k: v for k, v in vars(args).items() if k != "url"}
+    spec["mnist1d_version"] = version("mnist1d")
+    digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return f"mnist1d-{digest[:12]}.npz"
+
+
+def _generate_mnist1d(args) -> dict[str, np.ndarray]:
+    # Never mnist1d's get_dataset: it downloads and writes a pickle into the cwd.
+    import mnist1d.data
+
+    # make_dataset reseeds the global `random` and `np.random` generators; put
+    # them back so loading data never changes the reader's random stream.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = mnist1d.data.make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return {key: np.asarray(data[key]) for key in _MNIST1D_KEYS}
+
+
+def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write to a temporary file, then rename: a reader (or a second process
+    writing the same file) never sees a half-written cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # only left over if something failed
+
+
+@dataclass(frozen=True, eq=False)
+class Standardizer:
+    """``X -> (X - mean) / std`` with statistics fitted on one split.
+
+    ``mean`` and ``std`` are ``(D,)`` per feature, or scalars (``()``) when
+    fitted with ``per_feature=False``.
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    @classmethod
+    def fit(cls, X: Tensor, per_feature: bool = True, eps: float = 1e-8):
+        """Statistics of ``X`` (``(N, D)``; pass the *training* split).
+
+        ``std`` is the population standard deviation (as scikit-learn's
+        ``StandardScaler``), so the fitted split gets std exactly 1. A std
+        below ``eps`` (a constant feature, e.g. an always-blank pixel) is
+        replaced by 1: that feature is only centred instead of divided by ~0,
+        which would turn it into inf/nan.
+        """
+        if not X.is_floating_point() or X.ndim == 0 or len(X) == 0:
+            raise ValueError(f"X must be a non-empty float tensor, got {X.dtype}")
+        if per_feature:
+            mean, std = X.mean(dim=0), X.std(dim=0, correction=0)
+        else:
+            mean, std = X.mean(), X.std(correction=0)
+        return cls(mean, torch.where(std < eps, torch.ones_like(std), std))
+
+    def __call__(self, X: Tensor) -> Tensor:
+        return (X - self.mean) / self.std
+
+
+def standardize(splits: Splits, per_feature: bool = True) -> Splits:
+    """Standardise all three splits with statistics of ``X_train`` only.
+
+    Fitting on val or test (or on all the data) leaks information about the
+    held-out samples into training, and the validation score then flatters
+    the model; at deployment there are no test statistics to fit on either.
+    """
+    scale = Standardizer.fit(splits.X_train, per_feature=per_feature)
+    return replace(
+        splits,
+        X_train=scale(splits.X_train),
+        X_val=scale(splits.X_val),
+        X_test=scale(splits.X_test),
+    )
+
+
+def sort_by_label(X: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(X, y)`` reordered by label, ties in their original order (stable).
+
+    Fed to a loader with ``shuffle=False`` this gives the unshuffled-data
+    pathology: every batch holds one class, and the loss cycles per epoch.
+    """
+    _check_same_length(X, y)
+    order = torch.sort(y, stable=True).indices
+    return X[order], y[order]
+
+
+def make_loader(
+    X: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A loader of ``[X_batch, y_batch]``: ``(B, ...)`` and ``(B,)`` tensors.
+
+    Each batch is one fancy-index of the tensors rather than ``B`` single
+    samples collated together, which is several times faster on CPU. The
+    order comes from ``torch.Generator().manual_seed(seed)``, not the global
+    RNG: the first epoch is ``torch.randperm(N, generator=...)``, each later
+    pass over the loader is a new permutation, and a loader rebuilt with the
+    same seed replays the same epochs. Iterating never touches the global RNG.
+    """
+    _check_positive_int(batch_size, "batch_size")
+    if not isinstance(shuffle, bool):  # no silent coercion of "no" or 0
+        # ValueError, not TypeError: bad arguments raise ValueError book-wide
+        msg = f"shuffle must be True or False, got {shuffle!r}"
+        raise ValueError(msg)  # noqa: TRY004
+    _check_same_length(X, y)
+    dataset = TensorDataset(X, y)
+    order_rng = torch.Generator().manual_seed(seed)
+    if shuffle:
+        order = RandomSampler(dataset, generator=order_rng)
+    else:
+        order = SequentialSampler(dataset)
+    batches = BatchSampler(order, batch_size, drop_last)
+    # The loader draws a worker base seed per epoch; given no generator it takes
+    # it from the global RNG, which would shift the reader's later random draws.
+    base_seed_rng = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset, sampler=batches, batch_size=None, generator=base_seed_rng
+    )
+
+
+def make_loaders(
+    splits: Splits,
+    *,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    eval_batch_size: int = 1000,
+) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """``(train, val, test)`` loaders; only train is shuffled (per ``shuffle``)."""
+    X, y = splits.X_train, splits.y_train
+    train = make_loader(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    val = make_loader(
+        splits.X_val, splits.y_val, batch_size=eval_batch_size, shuffle=False
+    )
+    test = make_loader(
+        splits.X_test, splits.y_test, batch_size=eval_batch_size, shuffle=False
+    )
+    return train, val, test
+
+
+def _check_positive_int(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _check_same_length(X: Tensor, y: Tensor) -> None:
+    if len(X) != len(y):
+        raise ValueError(
+            f"X and y must have the same first dimension, got {len(X)} and {len(y)}"
+        )
+
+
+def make_2d(
+    name: str, *, n_samples: int = 500, noise: float = 0.1, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """A synthetic 2-D classification problem: ``X (n, 2)`` float32, ``y (n,)``.
+
+    - ``"moons"``: two interleaved half circles (2 classes).
+    - ``"circles"``: a circle inside another, radius ratio 0.5 (2 classes).
+    - ``"spirals"``: three interleaved spiral arms (3 classes).
+    - ``"blobs"``: three Gaussian blobs centred on the unit circle (3 classes).
+
+    ``noise`` is the std of the Gaussian noise on each point, in the same
+    units for all four (at noise 0.1 each lies within about [-1.5, 2.5]^2).
+    """
+    if name not in PROBLEMS_2D:
+        raise ValueError(f"unknown 2-D problem {name!r}; expected one of {PROBLEMS_2D}")
+    _check_positive_int(n_samples, "n_samples")
+    bad = isinstance(noise, bool) or not isinstance(noise, numbers.Real)
+    if bad or not noise >= 0:  # `not >=` also rejects nan
+        raise ValueError(f"noise must be a real number >= 0, got {noise!r}")
+    n, noise = int(n_samples), float(noise)
+    if name == "spirals":
+        return _to_torch(*_spirals(n, noise, seed))
+    return _to_torch(*_sklearn_2d(name, n, noise, seed))
+
+
+def _sklearn_2d(name: str, n: int, noise: float, seed: int):
+    from sklearn import datasets  # slow import, needed only here
+
+    if name == "moons":
+        return datasets.make_moons(n, noise=noise, random_state=seed)
+    if name == "circles":
+        return datasets.make_circles(n, noise=noise, factor=0.5, random_state=seed)
+    angles = 2 * np.pi * np.arange(3) / 3  # blobs: centres on the unit circle
+    centers = np.stack([np.cos(angles), np.sin(angles)], axis=1)  # (3, 2)
+    return datasets.make_blobs(n, centers=centers, cluster_std=noise, random_state=seed)
+
+
+def _spirals(n: int, noise: float, seed: int, num_arms: int = 3):
+    """Arm ``k`` is ``r (cos t, sin t)`` with ``t = 2 pi k / num_arms + 2.5 pi r``:
+    each arm turns 1.25 times, so the arms wind around each other."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % num_arms  # balanced classes
+    r = rng.uniform(0.05, 1.0, n)
+    t = 2 * np.pi * y / num_arms + 2.5 * np.pi * r
+    X = r[:, None] * np.stack([np.cos(t), np.sin(t)], axis=1)  # (n, 2)
+    X = X + noise * rng.standard_normal((n, 2))
+    perm = rng.permutation(n)  # mixed order, like scikit-learn's generators
+    return X[perm], y[perm]
+
+
+def load_torchvision(
+    name: str,
+    root: str | os.PathLike,
+    *,
+    train: bool = True,
+    download: bool = False,
+    transform=None,
+):
+    """torchvision's own ``CIFAR10`` or ``FashionMNIST`` dataset under ``root``.
+
+    Items are ``(image, label)`` with ``image`` a PIL image unless
+    ``transform`` converts it. Raises :class:`DatasetUnavailableError`, naming
+    the offline alternatives, when the files are missing and ``download`` is
+    False, or when the download fails (e.g. no network).
+    """
+    if name not in TORCHVISION_DATASETS:
+        accepted = tuple(TORCHVISION_DATASETS)
+        raise ValueError(f"unknown dataset {name!r}; expected one of {accepted}")
+    import torchvision  # optional and slow to import: only this path needs it
+
+    class_name, folder = TORCHVISION_DATASETS[name]
+    dataset_cls = getattr(torchvision.datasets, class_name)
+    try:
+        return dataset_cls(root, train=train, download=download, transform=transform)
+    except (OSError, RuntimeError) as err:  # URLError is an OSError
+        where = Path(root) / folder
+        raise DatasetUnavailableError(_unavailable(name, where, download, err)) from err
+
+
+def _unavailable(name: str, where: Path, download: bool, err: Exception) -> str:
+    if download:
+        what = f"downloading it into {where} failed ({type(err).__name__}: {err})"
+    else:
+        what = f"its files were not found (or failed their checksum) in {where}"
+    return (
+        f"{name} is not available: {what}. Pass download=True when online, or use "
+        "an offline dataset: load_dataset('mnist1d') or load_dataset('digits')."
+    )

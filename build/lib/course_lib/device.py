@@ -1,0 +1,84 @@
+"""Device choice, seeding and determinism.
+
+Every notebook starts with ``device = get_device()`` and ``seed_everything(0)``.
+On a laptop or CI machine that gives the CPU; on Colab with a GPU runtime it
+gives CUDA, and the same code runs unchanged.
+
+Set the environment variable ``COURSE_LIB_REQUIRE_CUDA=1`` (``make test-gpu``
+does) to turn a silent fallback to the CPU into an error, so that a GPU test
+run cannot pass without touching the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+_DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def get_device(prefer: str = "auto") -> torch.device:
+    """Return the device to train on.
+
+    ``prefer="auto"`` picks CUDA when it is available and the CPU otherwise;
+    ``"cpu"`` and ``"cuda"`` force a choice (``"cuda"`` raises if there is no
+    GPU rather than quietly running on the CPU).
+    """
+    if prefer not in _DEVICE_CHOICES:
+        raise ValueError(f"prefer must be one of {_DEVICE_CHOICES}, got {prefer!r}")
+    cuda_ok = torch.cuda.is_available()
+    if os.environ.get("COURSE_LIB_REQUIRE_CUDA") == "1" and not cuda_ok:
+        raise RuntimeError(
+            "COURSE_LIB_REQUIRE_CUDA=1 is set but torch sees no CUDA device; "
+            "unset it to run on the CPU."
+        )
+    if prefer == "cuda" and not cuda_ok:
+        raise RuntimeError(
+            "prefer='cuda' but torch sees no CUDA device; on Colab choose "
+            "Runtime > Change runtime type > GPU, or use prefer='auto'."
+        )
+    if prefer == "cpu":
+        return torch.device("cpu")
+    return torch.device("cuda" if cuda_ok else "cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators.
+
+    Returns a fresh ``torch.Generator`` seeded with ``seed`` for code that takes
+    an explicit generator (the course prefers those: they make a run's
+    randomness independent of what other cells did before).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def set_deterministic(enabled: bool = True) -> None:
+    """Ask torch for bitwise-reproducible kernels (slower on GPU).
+
+    On CPU our runs are already deterministic for a fixed seed and thread
+    count. On CUDA, cuDNN autotuning and atomics in some kernels make results
+    vary from run to run; this switches those off. cuBLAS needs the workspace
+    setting below *before* its first use, so call this early.
+    """
+    if not isinstance(enabled, bool):
+        raise ValueError(f"enabled must be a bool, got {enabled!r}")
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
+
+
+def describe_environment() -> str:
+    """One line naming what produced a result: torch version, device, threads."""
+    device = get_device()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return f"torch {torch.__version__}, {name}, {torch.get_num_threads()} CPU thread(s)"

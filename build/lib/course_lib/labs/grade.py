@@ -1,0 +1,272 @@
+"""Grade a folder of submitted lab notebooks.
+
+``python -m course_lib.labs.grade LAB SUBMISSIONS [--out DIR] [--seed N]``
+(``make grade LAB=lab01_sgd SUBMISSIONS=dir``) grades every ``*.ipynb`` under
+``SUBMISSIONS``, whatever it is called. For each one it
+
+1. executes the notebook afresh with nbclient in a temporary folder, with a
+   per-cell timeout, carrying on past errors (a syntax error or an endless loop
+   costs the cells it breaks, not the whole submission);
+2. appends one extraction cell per question that re-imports ``course_lib``
+   (undoing any monkeypatching the notebook did), runs the student's function
+   on the public and hidden cases, and saves its outputs with ``torch.save``;
+3. loads those outputs here, in the grader's own process, and compares them
+   with the reference outputs computed here, so that nothing a notebook
+   patched (``torch.allclose``, ``assert_close``, the check functions) can
+   change a verdict.
+
+It writes ``grades.csv`` (one row per submission, one column per question) and
+``grades.json`` (every case's verdict and message) and prints one line per
+student. Submissions run as the grading user: grade untrusted work inside a
+container or VM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import nbformat
+import torch
+from nbclient import NotebookClient
+from nbclient.exceptions import DeadKernelError
+
+from . import get_lab
+from .checks import NoAnswer, NotImplementedYet, StudentError, judge
+
+EXTRACT = """\
+import sys as _sys
+for _name in [m for m in _sys.modules if m.split(".")[0] == "course_lib"]:
+    del _sys.modules[_name]  # a fresh import undoes any monkeypatching
+import torch as _torch
+from course_lib.labs import get_lab as _get_lab
+from course_lib.labs.checks import run_one as _run_one
+_question = _get_lab({lab!r}).QUESTIONS[{key!r}]
+_cases = _torch.load({cases!r}, weights_only=True)[{key!r}]
+_fn = globals().get({function!r})
+if _fn is None:
+    _missing = "no function named {function} in the notebook"
+    _answers = [{{"__error__": "NoAnswer", "message": _missing}}] * len(_cases)
+else:
+    _answers = []
+    for _inputs in _cases:
+        _out = _run_one(_question, _fn, _inputs)
+        if isinstance(_out, Exception):
+            _out = {{"__error__": type(_out).__name__, "message": str(_out)}}
+        _answers.append(_out)
+_torch.save(_answers, {answers!r})
+"""
+
+
+@dataclass
+class QuestionResult:
+    score: float
+    points: float
+    cases: list = field(default_factory=list)  # [{"case", "passed", "message"}]
+
+
+@dataclass
+class Result:
+    student: str
+    notebook: str
+    questions: dict = field(default_factory=dict)
+    errors: list = field(default_factory=list)  # what went wrong while executing
+    printed: str = ""  # what the notebook's own cells printed (its check results)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return sum(q.score for q in self.questions.values())
+
+
+def _unpack(answer):
+    """Turn an error record written in the student's kernel back into an exception."""
+    if isinstance(answer, dict) and set(answer) == {"__error__", "message"}:
+        kind, message = answer["__error__"], answer["message"]
+        if kind == "NotImplementedYet":
+            return NotImplementedYet(message)
+        if kind == "NoAnswer":
+            return NoAnswer(message)
+        return StudentError(kind, message)
+    return answer
+
+
+def _printed(cells) -> str:
+    return "".join(
+        "".join(out.get("text", ""))
+        for cell in cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream" and out.get("name") == "stdout"
+    )[-20_000:]
+
+
+def _execute(nb, workdir: Path, cell_timeout: int) -> list[str]:
+    """Run ``nb`` in ``workdir``; return the errors its cells raised."""
+    client = NotebookClient(
+        nb, timeout=cell_timeout, kernel_name="python3", allow_errors=True,
+        interrupt_on_timeout=True, startup_timeout=120,
+        resources={"metadata": {"path": str(workdir)}},
+    )  # fmt: skip
+    try:
+        client.execute()
+    except DeadKernelError as err:
+        return [f"the kernel died: {err}"]
+    except Exception as err:  # noqa: BLE001 - a broken submission is a finding
+        return [f"execution failed: {type(err).__name__}: {err}"]
+    errors = []
+    for i, cell in enumerate(nb.cells):
+        for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            if out.get("output_type") != "error":
+                continue
+            if out.get("ename") == "KeyboardInterrupt":  # nbclient's timeout interrupt
+                errors.append(f"cell {i}: timed out after {cell_timeout} s")
+            else:
+                errors.append(
+                    f"cell {i}: {out.get('ename')}: {out.get('evalue')}"[:300]
+                )
+    return errors
+
+
+def grade_notebook(
+    lab: str, path: Path, cases: dict, expected: dict, cell_timeout: int
+):
+    """Execute one submission and score it against ``expected``."""
+    questions = get_lab(lab).QUESTIONS
+    result = Result(student=path.stem, notebook=str(path))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
+        workdir = Path(tmp)
+        # Only the inputs travel to the student's kernel; the labels stay here.
+        inputs = {k: [i for _, i in v] for k, v in cases.items()}
+        torch.save(inputs, workdir / "cases.pt")
+        try:
+            nb = nbformat.read(path, as_version=4)
+        except Exception as err:  # noqa: BLE001 - unreadable JSON, wrong format...
+            nb, result.errors = None, [f"not a readable notebook: {err}"]
+        if nb is not None:
+            own_cells = len(nb.cells)
+            for key, q in questions.items():
+                source = EXTRACT.format(
+                    lab=lab, key=key, function=q.function, cases="cases.pt",
+                    answers=f"answers_{key}.pt",
+                )  # fmt: skip
+                nb.cells.append(nbformat.v4.new_code_cell(source))
+            result.errors = _execute(nb, workdir, cell_timeout)
+            result.printed = _printed(nb.cells[:own_cells])
+        for key, q in questions.items():
+            result.questions[key] = _score(
+                q, cases[key], expected[key], workdir / f"answers_{key}.pt"
+            )
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _score(question, cases, expected, answers_file: Path) -> QuestionResult:
+    labels = [label for label, _ in cases]
+    try:
+        answers = torch.load(answers_file, weights_only=True)
+    except Exception:  # noqa: BLE001 - missing or forged file: no answers
+        answers = [RuntimeError("the notebook did not reach the grading cell")] * len(
+            cases
+        )
+    if len(answers) != len(cases):
+        answers = [RuntimeError("malformed answers file")] * len(cases)
+    verdicts = []
+    for label, want, got in zip(labels, expected, answers, strict=True):
+        problem = judge(question, want, _unpack(got))
+        verdicts.append(
+            {"case": label, "passed": problem is None, "message": problem or ""}
+        )
+    passed = sum(v["passed"] for v in verdicts)
+    return QuestionResult(
+        question.points * passed / len(cases), question.points, verdicts
+    )
+
+
+def prepare(lab: str, seed: int):
+    """Public + hidden cases per question, and the reference outputs for them."""
+    questions = get_lab(lab).QUESTIONS
+    cases = {k: q.public_cases() + q.hidden_cases(seed) for k, q in questions.items()}
+    expected = {
+        k: [q.run(q.reference, inputs) for _, inputs in cases[k]]
+        for k, q in questions.items()
+    }
+    # Only the inputs travel to the student's kernel; labels stay here.
+    return cases, expected
+
+
+def grade_folder(lab: str, folder: Path, *, seed: int = 0, cell_timeout: int = 60):
+    get_lab(lab)  # a wrong lab name fails before any work
+    folder = Path(folder)
+    notebooks = sorted(
+        p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
+    )
+    if not notebooks:
+        raise ValueError(f"SUBMISSIONS folder {folder} holds no .ipynb files")
+    cases, expected = prepare(lab, seed)
+    results = []
+    for path in notebooks:
+        result = grade_notebook(lab, path, cases, expected, cell_timeout)
+        results.append(result)
+        print(summary_line(result), flush=True)
+    return results
+
+
+def summary_line(result: Result) -> str:
+    best = sum(q.points for q in result.questions.values())
+    parts = []
+    for key, q in result.questions.items():
+        part = f"{key} {q.score:g}/{q.points:g}"
+        failed = [c["message"] for c in q.cases if not c["passed"]]
+        if failed:
+            part += f" [{failed[0][:60]}]"
+        parts.append(part)
+    return (
+        f"{result.student}: {result.total:g}/{best:g} in {result.seconds:.0f}s: "
+        + ", ".join(parts)
+    )
+
+
+def write_reports(results: list[Result], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    keys = list(results[0].questions) if results else []
+    with open(out / "grades.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["student", "notebook", *keys, "total", "max", "errors"])
+        for r in results:
+            best = sum(q.points for q in r.questions.values())
+            scores = [f"{r.questions[k].score:g}" for k in keys]
+            errors = " | ".join(r.errors)[:500]
+            writer.writerow(
+                [r.student, r.notebook, *scores, f"{r.total:g}", f"{best:g}", errors]
+            )
+    payload = [asdict(r) | {"total": r.total} for r in results]
+    (out / "grades.json").write_text(json.dumps(payload, indent=1))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Grade a folder of lab notebooks.")
+    parser.add_argument("lab", help="e.g. lab01_sgd")
+    parser.add_argument("submissions", type=Path)
+    parser.add_argument("--out", type=Path, help="default: SUBMISSIONS/grades")
+    parser.add_argument("--seed", type=int, default=0, help="draws the hidden cases")
+    parser.add_argument("--cell-timeout", type=int, default=60, help="seconds per cell")
+    args = parser.parse_args(argv)
+    results = grade_folder(
+        args.lab, args.submissions, seed=args.seed, cell_timeout=args.cell_timeout
+    )
+    out = args.out or args.submissions / "grades"
+    write_reports(results, out)
+    print(f"wrote {out / 'grades.csv'} and {out / 'grades.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Lab 1: the mini-batch SGD loop, learning-rate schedules, reading curves.
+
+Each question's reference is the ``course_lib`` function chapter 1 uses, so a
+student's answer that passes is interchangeable with the book's code. The
+public cases are what ``check_qN`` runs in the notebook; the hidden cases,
+drawn from the grader's seed, are other sizes, seeds and edge cases.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from ..diagnose import PATHOLOGIES, demo_run, diagnose
+from ..schedules import Cosine, StepDecay, Warmup
+from ..train import minibatch_indices, minibatch_sgd, sgd_step
+from .checks import Question, check
+
+# --- q1: the batches of one epoch
+
+
+def _run_indices(fn, inputs):
+    g = torch.Generator().manual_seed(inputs["seed"])
+    out = fn(inputs["n"], inputs["batch_size"], shuffle=inputs["shuffle"], generator=g)
+    return [torch.as_tensor(b) for b in out]
+
+
+def _indices_case(n, batch_size, shuffle, seed=0):
+    label = f"n={n}, batch_size={batch_size}, shuffle={shuffle}, seed={seed}"
+    return label, dict(n=n, batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+
+def _indices_hidden(seed):
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(5, 200, (4,), generator=g).tolist()
+    return [
+        _indices_case(n, 1 + n // 3, True, seed + i) for i, n in enumerate(sizes)
+    ] + [
+        _indices_case(1, 1, True, seed),
+        _indices_case(17, 100, True, seed),
+        _indices_case(12, 4, False, seed),
+    ]
+
+
+# --- q2: one SGD step
+
+
+def _tiny_model(seed: int, d_in: int = 5, classes: int = 3):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Linear(d_in, 8), torch.nn.Tanh(), torch.nn.Linear(8, classes)
+    ).double()
+
+
+def _tiny_data(seed: int, n: int, d_in: int = 5, classes: int = 3):
+    g = torch.Generator().manual_seed(seed + 1000)
+    X = torch.randn(n, d_in, generator=g, dtype=torch.float64)
+    return X, torch.randint(0, classes, (n,), generator=g)
+
+
+def _run_step(fn, inputs):
+    model = _tiny_model(inputs["seed"])
+    X, y = _tiny_data(inputs["seed"], inputs["n"])
+    for _ in range(inputs.get("repeats", 1)):
+        loss = fn(model, F.cross_entropy, X, y, inputs["lr"])
+    params = [p.detach().clone() for p in model.parameters()]
+    return [torch.as_tensor(float(loss), dtype=torch.float64), *params]
+
+
+def _step_case(n, lr, seed=0, repeats=1):
+    label = f"batch of {n}, lr={lr}, {repeats} step(s), seed={seed}"
+    return label, dict(n=n, lr=lr, seed=seed, repeats=repeats)
+
+
+# --- q3: the training loop
+
+
+def _run_train(fn, inputs):
+    model = _tiny_model(inputs["seed"])
+    X, y = _tiny_data(inputs["seed"], inputs["n"])
+    kwargs = {k: inputs[k] for k in ("lr", "batch_size", "num_epochs", "seed")}
+    losses = fn(model, X, y, **kwargs)
+    params = [p.detach().clone() for p in model.parameters()]
+    return [torch.as_tensor(list(losses), dtype=torch.float64), *params]
+
+
+def _train_reference(model, X, y, *, lr, batch_size, num_epochs, seed):
+    return minibatch_sgd(
+        model, X, y, lr=lr, batch_size=batch_size, num_epochs=num_epochs, seed=seed
+    )
+
+
+def _train_case(n, batch_size, num_epochs, lr=0.3, seed=0):
+    label = f"n={n}, batch_size={batch_size}, {num_epochs} epochs, lr={lr}, seed={seed}"
+    return label, dict(
+        n=n, batch_size=batch_size, num_epochs=num_epochs, lr=lr, seed=seed
+    )
+
+
+# --- q4-q6: schedules
+
+
+def _run_schedule(fn, inputs):
+    args = inputs["args"]
+    values = [fn(t, **args) for t in range(inputs["num_steps"])]
+    return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
+def _step_decay_reference(step, step_size, gamma):
+    return StepDecay(step_size, gamma)(step)
+
+
+def _cosine_reference(step, total_steps):
+    return Cosine(total_steps)(step)
+
+
+def _warmup_cosine_reference(step, warmup_steps, total_steps):
+    return Warmup(Cosine(total_steps - warmup_steps), warmup_steps)(step)
+
+
+def _schedule_case(num_steps, **args):
+    return ", ".join(f"{k}={v}" for k, v in args.items()), dict(
+        args=args, num_steps=num_steps
+    )
+
+
+# --- q7: naming a learning curve
+
+
+@functools.lru_cache(maxsize=4)
+def _histories(seed: int) -> tuple:
+    """One real run per pathology (MNIST-1D, see course_lib.diagnose.RECIPES)."""
+    from ..data import load_dataset
+
+    splits = load_dataset("mnist1d")
+    return tuple(
+        (name, demo_run(splits, name, seed=seed).as_dict()) for name in PATHOLOGIES
+    )
+
+
+def given_histories(seed: int = 0) -> dict:
+    """``{pathology: history dict}`` for the runs the notebook shows."""
+    return dict(_histories(seed))
+
+
+def _run_diagnosis(fn, inputs):
+    return str(fn(inputs["history"]))
+
+
+def _diagnosis_reference(history):
+    return diagnose(history).name
+
+
+def _diagnosis_cases(seed):
+    return [
+        (f"the {name} run (seed {seed})", dict(history=h))
+        for name, h in _histories(seed)
+    ]
+
+
+def _q1_public():
+    return [
+        _indices_case(10, 3, False),
+        _indices_case(10, 3, True),
+        _indices_case(8, 4, True, seed=5),
+        _indices_case(5, 10, True),
+    ]
+
+
+def _q2_hidden(seed):
+    return [
+        _step_case(1, 1.0, seed),
+        _step_case(33, 0.05, seed + 1, repeats=5),
+        _step_case(8, 0.0, seed + 2),
+    ]
+
+
+def _q3_hidden(seed):
+    return [
+        _train_case(50, 7, 3, lr=0.1, seed=seed),
+        _train_case(9, 9, 2, seed=seed + 1),
+        _train_case(31, 1, 1, lr=0.05, seed=seed + 2),
+    ]
+
+
+_SCHEDULE_TOLERANCE = dict(rtol=1e-9, atol=1e-12)
+_QUESTION_LIST = [
+    Question(
+        "q1", "minibatch_indices", "the batches of one epoch",
+        run=_run_indices, reference=minibatch_indices,
+        public_cases=_q1_public, hidden_cases=_indices_hidden,
+        points=2, rtol=0, atol=0,
+        hints={"TypeError": "the signature is (n, batch_size, *, shuffle, generator)"},
+    ),
+    Question(
+        "q2", "sgd_step", "one SGD step", run=_run_step, reference=sgd_step,
+        public_cases=lambda: [
+            _step_case(4, 0.1),
+            _step_case(16, 0.5, seed=1),
+            _step_case(6, 0.2, repeats=3),
+        ],
+        hidden_cases=_q2_hidden, points=2, rtol=1e-10, atol=1e-12,
+        hints={"RuntimeError": "update the weights inside `with torch.no_grad():`"},
+    ),
+    Question(
+        "q3", "train", "the mini-batch SGD loop", run=_run_train,
+        reference=_train_reference,
+        public_cases=lambda: [_train_case(20, 5, 1), _train_case(23, 5, 2, seed=3)],
+        hidden_cases=_q3_hidden, points=2, rtol=1e-10, atol=1e-12,
+    ),
+    Question(
+        "q4", "step_decay", "step decay", run=_run_schedule,
+        reference=_step_decay_reference,
+        public_cases=lambda: [
+            _schedule_case(30, step_size=10, gamma=0.1),
+            _schedule_case(12, step_size=4, gamma=0.5),
+        ],
+        hidden_cases=lambda s: [
+            _schedule_case(40, step_size=1 + s % 7, gamma=0.3),
+            _schedule_case(5, step_size=5, gamma=0.9),
+        ],
+        **_SCHEDULE_TOLERANCE,
+    ),
+    Question(
+        "q5", "cosine", "cosine decay", run=_run_schedule, reference=_cosine_reference,
+        public_cases=lambda: [
+            _schedule_case(11, total_steps=10), _schedule_case(101, total_steps=100)
+        ],
+        hidden_cases=lambda s: [
+            _schedule_case(30, total_steps=17 + s % 5), _schedule_case(3, total_steps=1)
+        ],
+        **_SCHEDULE_TOLERANCE,
+    ),
+    Question(
+        "q6", "warmup_cosine", "linear warm-up, then cosine", run=_run_schedule,
+        reference=_warmup_cosine_reference,
+        public_cases=lambda: [
+            _schedule_case(20, warmup_steps=5, total_steps=20),
+            _schedule_case(100, warmup_steps=10, total_steps=100),
+        ],
+        hidden_cases=lambda s: [
+            _schedule_case(60, warmup_steps=1 + s % 9, total_steps=50),
+            _schedule_case(5, warmup_steps=4, total_steps=5),
+        ],
+        **_SCHEDULE_TOLERANCE,
+    ),
+    Question(
+        "q7", "diagnose_curve", "naming a learning curve", run=_run_diagnosis,
+        reference=_diagnosis_reference, public_cases=lambda: _diagnosis_cases(0),
+        hidden_cases=lambda s: _diagnosis_cases(100 + s % 1000), points=3,
+    ),
+]  # fmt: skip
+QUESTIONS = {q.key: q for q in _QUESTION_LIST}
+
+
+def check_q1(fn) -> bool:
+    """Check ``minibatch_indices`` on the public cases; print what differs."""
+    return check(QUESTIONS["q1"], fn)
+
+
+def check_q2(fn) -> bool:
+    """Check ``sgd_step``."""
+    return check(QUESTIONS["q2"], fn)
+
+
+def check_q3(fn) -> bool:
+    """Check ``train`` (the whole loop)."""
+    return check(QUESTIONS["q3"], fn)
+
+
+def check_q4(fn) -> bool:
+    """Check ``step_decay``."""
+    return check(QUESTIONS["q4"], fn)
+
+
+def check_q5(fn) -> bool:
+    """Check ``cosine``."""
+    return check(QUESTIONS["q5"], fn)
+
+
+def check_q6(fn) -> bool:
+    """Check ``warmup_cosine``."""
+    return check(QUESTIONS["q6"], fn)
+
+
+def check_q7(fn) -> bool:
+    """Check ``diagnose_curve`` on the seven runs the notebook shows."""
+    return check(QUESTIONS["q7"], fn)

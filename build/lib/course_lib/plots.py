@@ -1,0 +1,92 @@
+"""Plots the book draws again and again: learning curves and schedules.
+
+Every function draws on a matplotlib ``Axes`` (made if not given) and returns
+it, so that a notebook can put several on one figure and add its own labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .diagnose import moving_average
+from .schedules import factors
+
+_METRICS = ("loss", "acc")
+
+
+def _axes(ax):
+    return ax if ax is not None else plt.subplots(figsize=(5, 3.2))[1]
+
+
+def _get(history, key):
+    return history[key] if isinstance(history, dict) else getattr(history, key)
+
+
+def plot_history(
+    history, metric: str = "loss", *, ax=None, log: bool = False, title=None
+):
+    """Per-epoch training and validation ``metric`` ("loss" or "acc") of one run."""
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+    ax = _axes(ax)
+    for split, style in (("train", "-"), ("val", "--")):
+        values = _get(history, f"{split}_{metric}")
+        if len(values):
+            ax.plot(np.arange(1, len(values) + 1), values, style, label=split)
+    ax.set(xlabel="epoch", ylabel=metric, title=title)
+    if log:
+        ax.set_yscale("log")
+    ax.legend()
+    return ax
+
+
+def plot_step_loss(
+    histories: Mapping[str, object],
+    *,
+    ax=None,
+    smooth: int | None = None,
+    log: bool = False,
+    title=None,
+):
+    """Per-step training loss of several runs (``{label: history}``).
+
+    ``smooth`` draws a trailing moving average of that many steps over a faint
+    copy of the raw curve; non-finite values are left out (a diverged run
+    simply ends).
+    """
+    ax = _axes(ax)
+    for label, history in histories.items():
+        loss = np.asarray(_get(history, "step_loss"), dtype=float)
+        loss = (
+            loss[: np.argmin(np.isfinite(loss))]
+            if not np.isfinite(loss).all()
+            else loss
+        )
+        steps = np.arange(len(loss))
+        if smooth:
+            line = ax.plot(steps, loss, alpha=0.25, linewidth=0.8)[0]
+            ax.plot(
+                steps, moving_average(loss, smooth), color=line.get_color(), label=label
+            )
+        else:
+            ax.plot(steps, loss, label=label, linewidth=1)
+    ax.set(xlabel="step", ylabel="training loss (mini-batch)", title=title)
+    if log:
+        ax.set_yscale("log")
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_schedules(
+    schedules: Mapping[str, object], num_steps: int, *, base_lr=1.0, ax=None
+):
+    """Learning rate against step for several schedules (``{label: schedule}``)."""
+    ax = _axes(ax)
+    for label, schedule in schedules.items():
+        ax.plot(base_lr * np.asarray(factors(schedule, num_steps)), label=label)
+    ax.set(xlabel="step", ylabel="learning rate")
+    ax.legend(fontsize="small", ncol=2)
+    return ax
