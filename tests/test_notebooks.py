@@ -132,5 +132,5 @@ def test_toc_and_notebooks_agree():
         assert path.removesuffix(".ipynb") in listed, f"{path} is not in _toc.yml"
     for solution in ROOT.glob("labs/*/solution.ipynb"):
         lab = solution.parent.name
-        assert f"labs/{lab}/{lab}" in listed, f"the student notebook of {lab} is not listed"
+        assert f"labs/{lab}/{lab}" in listed, f"{lab}: student notebook not in the toc"
         assert f"labs/{lab}/solution" not in listed, "solutions must not be in the book"
