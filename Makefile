@@ -16,7 +16,7 @@ STAMP := $(VENV)/.installed
 # Every chapter and lab notebook (labs/ may not exist yet in an old checkout).
 NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb labs/*/*.ipynb))
 
-.PHONY: install book test test-gpu labs grade clean
+.PHONY: install book test test-gpu labs grade bench clean
 
 install: $(STAMP)
 
@@ -34,7 +34,7 @@ book: install
 
 # Unit tests, every chapter and lab notebook under nbval, the book build.
 test: install
-	$(VENV)/bin/ruff check course_lib tests
+	$(VENV)/bin/ruff check course_lib tests benchmarks
 	$(PY) -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-cell-timeout=300 \
 		--durations=15 -p no:cacheprovider
 
@@ -51,6 +51,10 @@ grade: install
 	@test -n "$(LAB)" -a -n "$(SUBMISSIONS)" || \
 		{ echo "usage: make grade LAB=lab01_sgd SUBMISSIONS=folder"; exit 2; }
 	$(PY) -m course_lib.labs.grade $(LAB) $(SUBMISSIONS)
+
+# Step time of course_lib.optim against torch.optim (for-loop and foreach paths).
+bench: install
+	$(PY) benchmarks/bench_optim.py
 
 clean:
 	rm -rf _build .pytest_cache

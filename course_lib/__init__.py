@@ -8,7 +8,11 @@ One module per topic (see the book's appendix or ``shared/DESIGN.md``):
 - :mod:`course_lib.train`     the training loop, evaluation, callbacks
 - :mod:`course_lib.schedules` learning-rate schedules as functions of the step
 - :mod:`course_lib.diagnose`  naming what is wrong with a learning curve
-- :mod:`course_lib.plots`     learning curves and schedule plots
+- :mod:`course_lib.optim`     SGD, Adagrad, RMSprop, Adam(W), NAdam, RAdam, Lookahead
+- :mod:`course_lib.landscapes` 2-D loss surfaces, optimizer paths, Newton's step
+- :mod:`course_lib.plots`     learning curves, schedules, landscapes
+- :mod:`course_lib.notebook`  conventions every notebook follows (the Colab cell)
+- :mod:`course_lib.labs`      lab checks, student-notebook generation, grading
 """
 
 __version__ = "0.1.0"

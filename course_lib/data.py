@@ -118,7 +118,7 @@ def load_dataset(
         X_pool, y_pool = arrays["x"], arrays["y"]
         X_test, y_test = arrays["x_test"], arrays["y_test"]
     else:
-        raise ValueError(f"unknown dataset name {name!r}; expected one of {DATASETS}")
+        raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
     val_size = _check_val_size(val_size, _DEFAULT_VAL_SIZE[name], len(y_pool))
     X_train, y_train, X_val, y_val = _split_off(X_pool, y_pool, val_size)
     return Splits(
@@ -369,7 +369,7 @@ def make_2d(
     units for all four (at noise 0.1 each lies within about [-1.5, 2.5]^2).
     """
     if name not in PROBLEMS_2D:
-        raise ValueError(f"unknown 2-D problem {name!r}; expected one of {PROBLEMS_2D}")
+        raise ValueError(f"name must be one of {PROBLEMS_2D}, got {name!r}")
     _check_positive_int(n_samples, "n_samples")
     bad = isinstance(noise, bool) or not isinstance(noise, numbers.Real)
     if bad or not noise >= 0:  # `not >=` also rejects nan
@@ -422,7 +422,7 @@ def load_torchvision(
     """
     if name not in TORCHVISION_DATASETS:
         accepted = tuple(TORCHVISION_DATASETS)
-        raise ValueError(f"unknown dataset {name!r}; expected one of {accepted}")
+        raise ValueError(f"name must be one of {accepted}, got {name!r}")
     import torchvision  # optional and slow to import: only this path needs it
 
     class_name, folder = TORCHVISION_DATASETS[name]

@@ -90,3 +90,36 @@ def plot_schedules(
     ax.set(xlabel="step", ylabel="learning rate")
     ax.legend(fontsize="small", ncol=2)
     return ax
+
+
+def plot_landscape(
+    surface,
+    paths: Mapping[str, object] | None = None,
+    *,
+    xlim=(-2.0, 2.0),
+    ylim=(-2.0, 2.0),
+    ax=None,
+    log_levels: bool = True,
+    title=None,
+):
+    """Contours of a 2-D ``surface`` with optimizer ``paths`` (``{label: (T, 2)}``).
+
+    ``log_levels`` spaces the contours logarithmically above the minimum of
+    the grid, which shows narrow valleys far better than even spacing.
+    """
+    import torch  # plots needs torch only here
+
+    ax = _axes(ax)
+    xs, ys = np.linspace(*xlim, 300), np.linspace(*ylim, 300)
+    grid = torch.tensor(np.stack(np.meshgrid(xs, ys), axis=-1))  # (300, 300, 2)
+    z = surface(grid).numpy()
+    if log_levels:
+        z = np.log10(z - z.min() + 1e-3)
+    ax.contour(xs, ys, z, levels=25, cmap="Greys", linewidths=0.6)
+    for label, path in (paths or {}).items():
+        p = np.asarray(path)
+        ax.plot(p[:, 0], p[:, 1], ".-", markersize=2, linewidth=1, label=label)
+    ax.set(xlim=xlim, ylim=ylim, xlabel="$x$", ylabel="$y$", title=title)
+    if paths:
+        ax.legend(fontsize="small")
+    return ax

@@ -10,7 +10,6 @@ one that is not a notebook at all.
 import copy
 import json
 import re
-import shutil
 from pathlib import Path
 
 import nbformat
@@ -19,6 +18,7 @@ import torch
 
 from course_lib.labs import LABS, checks, get_lab
 from course_lib.labs import lab01_sgd as lab1
+from course_lib.labs import lab02_optim as lab2
 from course_lib.labs.generate import lab_dirs, render, strip_solutions, student_path
 from course_lib.labs.grade import grade_folder, write_reports
 
@@ -187,6 +187,62 @@ def test_not_implemented_is_named(capsys):
     assert "minibatch_indices is not implemented yet" in capsys.readouterr().out
 
 
+class FlawedAdam(torch.optim.Optimizer):
+    """Adam with one of the classic mistakes switched on."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, flaw=""):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        self.flaw = flaw
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            if self.flaw == "wrong beta":
+                b2 = b1
+            for p in group["params"]:
+                state = self.state[p]
+                if not state:
+                    state.update(t=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
+                state["t"] += 1
+                t = state["t"] - (self.flaw == "step from 0")
+                state["m"].mul_(b1).add_(p.grad, alpha=1 - b1)
+                state["v"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                m_hat, v_hat = state["m"] / (1 - b1**t), state["v"] / (1 - b2**t)
+                if self.flaw == "no bias correction":
+                    m_hat, v_hat = state["m"], state["v"]
+                if self.flaw == "eps inside sqrt":
+                    p.sub_(group["lr"] * m_hat / (v_hat + group["eps"]).sqrt())
+                else:
+                    p.sub_(group["lr"] * m_hat / (v_hat.sqrt() + group["eps"]))
+
+
+@pytest.mark.parametrize(
+    "flaw, step",
+    [
+        ("no bias correction", 1),
+        ("eps inside sqrt", 1),
+        ("step from 0", 1),
+        ("wrong beta", 2),  # bias-corrected, both averages equal g and g^2 at step 1
+    ],
+)
+def test_lab2_locates_each_wrong_adam(capsys, flaw, step):
+    def make(params, **kwargs):
+        return FlawedAdam(params, flaw=flaw, **kwargs)
+
+    assert lab2.check_q3(make) is False
+    printed = capsys.readouterr().out
+    assert f"first differ after step {step}, at parameter 0.weight[0, 0]" in printed
+    assert "expected" in printed and "got" in printed
+
+
+def test_lab2_accepts_a_correct_adam_and_grading_needs_groups(capsys):
+    assert lab2.check_q3(lambda params, **kw: FlawedAdam(params, **kw)) is True
+    q = lab2.QUESTIONS["q3"]
+    hidden = q.hidden_cases(0)
+    assert any(inputs["groups"] for _, inputs in hidden)  # two parameter groups
+
+
 @pytest.mark.parametrize("key", sorted(lab1.QUESTIONS))
 def test_references_pass_their_own_hidden_cases(key):
     q = lab1.QUESTIONS[key]
@@ -206,9 +262,12 @@ def replace_function(nb, name: str, source: str):
     raise AssertionError(f"no cell defines {name}")
 
 
-TAMPER = """\
+def tamper_cell(lab: str) -> str:
+    """A cell that makes every check of ``lab`` print a pass, whatever the answer."""
+    keys = sorted(get_lab(lab).QUESTIONS)
+    return f"""\
 import torch, torch.testing
-import course_lib.labs.checks as _checks, course_lib.labs.lab01_sgd as _lab
+import course_lib.labs.checks as _checks, course_lib.labs.{lab} as _lab
 torch.allclose = lambda *a, **k: True
 torch.testing.assert_close = lambda *a, **k: None
 _checks.compare = lambda *a, **k: None
@@ -216,10 +275,11 @@ _checks.judge = lambda *a, **k: None
 def _always(fn):
     print("[pass] (patched)")
     return True
-for _k in range(1, 8):
-    setattr(_lab, f"check_q{_k}", _always)
-    globals()[f"check_q{_k}"] = _always
+for _key in {keys!r}:
+    setattr(_lab, "check_" + _key, _always)
+    globals()["check_" + _key] = _always
 """
+
 
 WRONG = {
     "minibatch_indices": (
@@ -238,16 +298,41 @@ WRONG = {
 }
 
 
+def insert_after_imports(nb, source: str):
+    """Put a cell right after the first cell that imports from course_lib.labs."""
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and "from course_lib.labs." in cell.source:
+            nb.cells.insert(i + 1, nbformat.v4.new_code_cell(source))
+            return nb
+    raise AssertionError("no cell imports the lab's checks")
+
+
 def make_submissions(folder: Path, lab_dir: Path) -> dict:
-    """Write the submissions; return {student: expected total}."""
+    """Every lab: solution, untouched student, tampering student; {name: (lo, hi)}."""
+    lab = lab_dir.name
     solution = nbformat.read(lab_dir / "solution.ipynb", as_version=4)
     student = nbformat.read(student_path(lab_dir), as_version=4)
+    nbformat.write(solution, folder / "alice_solution.ipynb")
+    nbformat.write(student, folder / "bob_untouched.ipynb")
+    tamper = insert_after_imports(copy.deepcopy(student), tamper_cell(lab))
+    nbformat.write(tamper, folder / "frank_tampering.ipynb")
+    full = sum(q.points for q in get_lab(lab).QUESTIONS.values())
+    expected = {
+        "alice_solution": (full, full),
+        "bob_untouched": (0, 0),
+        "frank_tampering": (0, 0),
+    }
+    if lab == "lab01_sgd":
+        expected |= make_lab1_submissions(folder, solution, full)
+    return expected
+
+
+def make_lab1_submissions(folder: Path, solution, full) -> dict:
+    """Lab 1 also gets partly right, broken, looping and odd submissions."""
 
     def write(name, nb):
         nbformat.write(nb, folder / f"{name}.ipynb")
 
-    write("alice_solution", solution)
-    write("bob_untouched", student)
     partly = copy.deepcopy(solution)
     sign = solution_source(solution, "sgd_step").replace("p -= lr", "p += lr")
     write("carol_wrong_sign", replace_function(partly, "sgd_step", sign))
@@ -257,22 +342,18 @@ def make_submissions(folder: Path, lab_dir: Path) -> dict:
     looping = copy.deepcopy(solution)
     loop = "def diagnose_curve(history):\n    while True:\n        pass"
     write("erin_endless_loop", replace_function(looping, "diagnose_curve", loop))
-    tamper = copy.deepcopy(solution)
+    wrong = copy.deepcopy(solution)
     for name, source in WRONG.items():
-        replace_function(tamper, name, source)
-    tamper.cells.insert(3, nbformat.v4.new_code_cell(TAMPER))
-    write("frank_tampering", tamper)
-    shutil.copy(lab_dir / "solution.ipynb", folder / "Lab 1 final (2).ipynb")
+        replace_function(wrong, name, source)
+    write("hal_tampering_wrong", insert_after_imports(wrong, tamper_cell("lab01_sgd")))
+    nbformat.write(solution, folder / "Lab 1 final (2).ipynb")
     (folder / "gus_not_a_notebook.ipynb").write_text("{ this is not json")
-    full = sum(q.points for q in get_lab(lab_dir.name).QUESTIONS.values())
     return {  # (lowest, highest) total
-        "alice_solution": (full, full),
-        "bob_untouched": (0, 0),
         # q2 (but its lr=0 case), and q3, which calls sgd_step
         "carol_wrong_sign": (full - 4, full - 3.5),
         "dave_syntax_error": (full - 4, full - 4),  # q1, and q3 which calls it
         "erin_endless_loop": (full - 3, full - 3),  # q7 times out, the rest counts
-        "frank_tampering": (0, 0),
+        "hal_tampering_wrong": (0, 0),
         "Lab 1 final (2)": (full, full),
         "gus_not_a_notebook": (0, 0),
     }
@@ -285,47 +366,63 @@ def solution_source(nb, name):
     raise AssertionError(name)
 
 
+_GRADED = {}
+
+
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    lab_dir = ROOT / "labs" / "lab01_sgd"
-    folder = tmp_path_factory.mktemp("submissions")
-    expected = make_submissions(folder, lab_dir)
-    results = grade_folder("lab01_sgd", folder, seed=3, cell_timeout=20)
-    write_reports(results, folder / "grades")
-    return {r.student: r for r in results}, expected, folder / "grades"
+def grade(tmp_path_factory):
+    """grade(lab) -> ({student: Result}, {student: (lo, hi)}, grades folder), once."""
+
+    def run(lab):
+        if lab not in _GRADED:
+            folder = tmp_path_factory.mktemp(f"submissions-{lab}")
+            expected = make_submissions(folder, ROOT / "labs" / lab)
+            results = grade_folder(lab, folder, seed=3, cell_timeout=20)
+            write_reports(results, folder / "grades")
+            _GRADED[lab] = (
+                {r.student: r for r in results},
+                expected,
+                folder / "grades",
+            )
+        return _GRADED[lab]
+
+    return run
 
 
-def test_grader_scores_every_kind_of_submission(graded):
-    results, expected, _ = graded
+@pytest.fixture(scope="module")
+def graded(grade):
+    return grade("lab01_sgd")
+
+
+@pytest.mark.parametrize("lab", LABS)
+def test_every_lab_grades_solution_full_and_student_and_tampering_zero(grade, lab):
+    results, expected, _ = grade(lab)
     assert sorted(results) == sorted(expected)
     for name, (low, high) in expected.items():
         assert low - 1e-9 <= results[name].total <= high + 1e-9, (
             name,
             results[name].total,
         )
-
-
-def test_grader_uses_hidden_cases(graded):
-    results, _, _ = graded
-    q1 = results["alice_solution"].questions["q1"]
-    public = len(lab1.QUESTIONS["q1"].public_cases())
-    assert len(q1.cases) > public and all(c["passed"] for c in q1.cases)
-
-
-def test_untouched_student_notebook_runs_to_the_end_and_fails_every_check(graded):
-    results, _, _ = graded
     student, solution = results["bob_untouched"], results["alice_solution"]
+    questions = get_lab(lab).QUESTIONS
     assert student.errors == [] and solution.errors == []
-    assert student.printed.count("[FAIL]") == len(lab1.QUESTIONS)
+    assert student.printed.count("[FAIL]") == len(questions)
     assert "[pass]" not in student.printed
-    assert solution.printed.count("[pass]") == len(lab1.QUESTIONS)
+    assert solution.printed.count("[pass]") == len(questions)
+    assert results["frank_tampering"].printed.count("[pass] (patched)") == len(
+        questions
+    )
+    for q in solution.questions.values():  # hidden cases were graded too
+        assert len(q.cases) > 1 and all(c["passed"] for c in q.cases)
 
 
-def test_tampering_is_printed_as_passing_but_graded_as_failing(graded):
+def test_lab1_tampering_with_wrong_answers_scores_zero(graded):
     results, _, _ = graded
-    frank = results["frank_tampering"]
-    assert frank.printed.count("[pass] (patched)") == len(lab1.QUESTIONS)
-    assert frank.total == 0
+    hal = results["hal_tampering_wrong"]
+    assert hal.printed.count("[pass] (patched)") == len(lab1.QUESTIONS)
+    assert hal.total == 0
+    public = len(lab1.QUESTIONS["q1"].public_cases())
+    assert len(results["alice_solution"].questions["q1"].cases) > public
 
 
 def test_grader_reports_why(graded):

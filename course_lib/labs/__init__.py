@@ -9,7 +9,7 @@
 
 import importlib
 
-LABS = ("lab01_sgd",)
+LABS = ("lab01_sgd", "lab02_optim")
 
 
 def get_lab(name: str):

@@ -44,6 +44,8 @@ class Question:
     rtol: float = 1e-6
     atol: float = 1e-8
     hints: dict = field(default_factory=dict)  # exception type name -> hint
+    # (expected, actual, rtol, atol) -> message or None; default: :func:`compare`
+    explain: Callable | None = None
 
 
 class NotImplementedYet(Exception):
@@ -144,14 +146,18 @@ def _compare_tensors(expected, actual, *, rtol, atol, at) -> str | None:
 
 def judge(question: Question, expected, actual) -> str | None:
     """None if right; else why not (also for an exception the student's code raised)."""
-    if isinstance(actual, NotImplementedYet):
+    if isinstance(actual, (NotImplementedYet, NoAnswer)):
         return str(actual)
-    if isinstance(actual, Exception):
-        hint = question.hints.get(type(actual).__name__, "")
-        return f"your code raised {type(actual).__name__}: {actual}" + (
-            f" ({hint})" if hint else ""
-        )
-    return compare(expected, actual, rtol=question.rtol, atol=question.atol)
+    if isinstance(actual, StudentError):  # raised in the student's kernel
+        type_name, text = actual.type_name, str(actual)
+    elif isinstance(actual, Exception):  # raised here, by an inline check
+        type_name = type(actual).__name__
+        text = f"{type_name}: {actual}"
+    else:
+        explain = question.explain or compare
+        return explain(expected, actual, rtol=question.rtol, atol=question.atol)
+    hint = question.hints.get(type_name, "")
+    return f"your code raised {text}" + (f" ({hint})" if hint else "")
 
 
 def check(question: Question, fn) -> bool:

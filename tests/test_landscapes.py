@@ -1,0 +1,62 @@
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from course_lib.landscapes import (
+    Quadratic,
+    Rosenbrock,
+    Saddle,
+    newton_step,
+    steps_to_reach,
+    trajectory,
+)
+from course_lib.plots import plot_landscape
+
+
+def test_surfaces_values_and_minima():
+    for surface in (Quadratic(10), Saddle(), Rosenbrock()):
+        at_min = surface(torch.tensor(surface.minimum, dtype=torch.float64))
+        grad = torch.autograd.functional.jacobian(
+            surface, torch.tensor(surface.minimum, dtype=torch.float64)
+        )
+        assert torch.allclose(grad, torch.zeros(2, dtype=torch.float64), atol=1e-12)
+        grid = torch.randn(50, 2, dtype=torch.float64)
+        assert (surface(grid) >= at_min - 1e-12).all()
+    assert Quadratic(4)(torch.tensor([1.0, 1.0])) == pytest.approx(2.5)
+    assert Rosenbrock()(torch.tensor([0.0, 1.0])) == pytest.approx(101.0)
+    assert Saddle()(torch.zeros(3, 4, 2)).shape == (3, 4)  # works on grids
+
+
+def test_trajectory_is_plain_gradient_descent():
+    q = Quadratic(4)
+    path = trajectory(q, lambda p: torch.optim.SGD(p, lr=0.1), (1.0, 1.0), 3)
+    expected = torch.tensor([(0.9**t, 0.6**t) for t in range(4)], dtype=torch.float64)
+    torch.testing.assert_close(path, expected, rtol=1e-12, atol=0)  # x *= 0.9, y *= 0.6
+    assert steps_to_reach(q, path, 0.5) == 3  # f(t=2) = 0.587, f(t=3) = 0.359
+    assert steps_to_reach(q, path, 1e-9) is None
+    with pytest.raises(ValueError, match="num_steps"):
+        trajectory(q, lambda p: torch.optim.SGD(p, lr=0.1), (1.0, 1.0), -1)
+
+
+def test_newton_solves_a_quadratic_in_one_step_and_is_drawn_to_saddles():
+    assert newton_step(Quadratic(1000), (3.0, -2.0)).abs().max() < 1e-12
+    # Near the saddle the curvature along y is negative: Newton moves towards it.
+    y_after = newton_step(Saddle(), (0.5, 0.1))[1].abs()
+    assert y_after < 0.1
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="condition"):
+        Quadratic(0.5)
+    with pytest.raises(ValueError, match="b must"):
+        Rosenbrock(b=-1)
+    with pytest.raises(ValueError, match="2 coordinates"):
+        Quadratic()(torch.zeros(3))
+
+
+def test_plot_landscape_draws_paths():
+    path = trajectory(Quadratic(), lambda p: torch.optim.SGD(p, lr=0.01), (1.0, 1.0), 5)
+    ax = plot_landscape(Quadratic(), {"sgd": path}, xlim=(-1, 1.5), ylim=(-1, 1.5))
+    (line,) = ax.get_lines()
+    assert len(line.get_xdata()) == 6 and ax.get_xlim() == (-1, 1.5)
+    plt.close("all")
