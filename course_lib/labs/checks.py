@@ -188,3 +188,17 @@ def check(question: Question, fn) -> bool:
     print(f"[FAIL] {header}: {len(failures)} of {len(cases)} cases failed")
     print("\n".join(failures))
     return False
+
+
+def check_function(question: Question) -> Callable[[object], bool]:
+    """The ``check_qN`` function a lab notebook calls for ``question``."""
+
+    def run_check(answer) -> bool:
+        return check(question, answer)
+
+    run_check.__name__ = run_check.__qualname__ = f"check_{question.key}"
+    run_check.__doc__ = (
+        f"Check ``{question.function}`` ({question.title}) on the public cases "
+        "and print what was expected where it differs. Never raises."
+    )
+    return run_check

@@ -173,11 +173,10 @@ def _score(question, cases, expected, answers_file: Path) -> QuestionResult:
     try:
         answers = torch.load(answers_file, weights_only=True)
     except Exception:  # noqa: BLE001 - missing or forged file: no answers
-        answers = [RuntimeError("the notebook did not reach the grading cell")] * len(
-            cases
-        )
-    if len(answers) != len(cases):
-        answers = [RuntimeError("malformed answers file")] * len(cases)
+        missing = "no answer: the grading cell did not finish (time-out or crash)"
+        answers = [NoAnswer(missing)] * len(cases)
+    if not isinstance(answers, list) or len(answers) != len(cases):
+        answers = [NoAnswer("no answer: malformed answers file")] * len(cases)
     verdicts = []
     for label, want, got in zip(labels, expected, answers, strict=True):
         problem = judge(question, want, _unpack(got))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks import Question, check
+from .checks import Question, check_function
 
 _LAYOUT_SEED = 0
 
@@ -138,16 +138,6 @@ _QUESTION_LIST = [
 QUESTIONS = {q.key: q for q in _QUESTION_LIST}
 
 
-def check_q1(optimizer_cls) -> bool:
-    """Check ``MomentumSGD`` against ``torch.optim.SGD``."""
-    return check(QUESTIONS["q1"], optimizer_cls)
-
-
-def check_q2(optimizer_cls) -> bool:
-    """Check ``RMSProp`` against ``torch.optim.RMSprop``."""
-    return check(QUESTIONS["q2"], optimizer_cls)
-
-
-def check_q3(optimizer_cls) -> bool:
-    """Check ``Adam`` against ``torch.optim.Adam``."""
-    return check(QUESTIONS["q3"], optimizer_cls)
+check_q1 = check_function(QUESTIONS["q1"])
+check_q2 = check_function(QUESTIONS["q2"])
+check_q3 = check_function(QUESTIONS["q3"])
