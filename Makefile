@@ -8,7 +8,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Notebook kernels must find the venv's python, torch and course_lib.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-export MPLBACKEND := Agg
 # The course's models are small: one thread runs chapter 1 in 48 s against 58 s
 # with two on a 2-core CPU (measured), and cannot be slowed down by another
 # process spinning on the same cores. Override with `make test OMP_NUM_THREADS=2`.
