@@ -468,3 +468,16 @@ def test_lab1_histories_are_cached_on_disk(tmp_path, monkeypatch):
     again = lab1._histories.__wrapped__(5)
     assert json.dumps(again) == json.dumps(first)
     assert [name for name, _ in again] == list(lab1.PATHOLOGIES)
+
+
+def test_grade_command_line(tmp_path, capsys):
+    from course_lib.labs.grade import main
+
+    lab_dir = ROOT / "labs" / "lab02_optim"
+    submissions = tmp_path / "in"
+    submissions.mkdir()
+    (submissions / "ada.ipynb").write_text((lab_dir / "solution.ipynb").read_text())
+    assert main(["lab02_optim", str(submissions), "--out", str(tmp_path / "out")]) == 0
+    rows = (tmp_path / "out" / "grades.csv").read_text().splitlines()
+    assert rows[1].startswith("ada,") and ",7,7," in rows[1]
+    assert "ada: 7/7" in capsys.readouterr().out
