@@ -10,6 +10,7 @@ One module per topic (see the book's appendix or ``shared/DESIGN.md``):
 - :mod:`course_lib.diagnose`  naming what is wrong with a learning curve
 - :mod:`course_lib.optim`     SGD, Adagrad, RMSprop, Adam(W), NAdam, RAdam, Lookahead
 - :mod:`course_lib.landscapes` 2-D loss surfaces, optimizer paths, Newton's step
+- :mod:`course_lib.parallel`  DDP launcher and torchrun entry, gradient averaging
 - :mod:`course_lib.plots`     learning curves, schedules, landscapes
 - :mod:`course_lib.notebook`  conventions every notebook follows (the Colab cell)
 - :mod:`course_lib.labs`      lab checks, student-notebook generation, grading

@@ -1,0 +1,466 @@
+r"""Data-parallel training with ``torch.distributed``, and what it stands for.
+
+Data parallelism keeps a full copy of the model on each of :math:`K` workers,
+gives each worker its own shard of every batch, and averages the gradients
+before every step, so all copies take the same step:
+
+.. math:: g = \frac{1}{K} \sum_{k=1}^{K} g_k, \qquad
+    g_k = \nabla_\theta \frac{1}{B} \sum_{i \in \mathcal{B}_k} \ell_i(\theta)
+
+With equal shards of size :math:`B` this is the gradient of the mean loss over
+the global batch of :math:`KB` samples: :math:`K` workers on batches of
+:math:`B` take the same steps as one worker on batches of :math:`KB`.
+
+- :func:`launch` runs a function in ``world_size`` fresh processes joined in a
+  process group (a notebook's way to run a small multi-process experiment);
+  ``torchrun --nproc_per_node=2 -m course_lib.parallel`` is the production way
+  (:func:`main`).
+- :func:`average_gradients` is the all-reduce that ``DistributedDataParallel``
+  does for us (DDP overlaps it with the backward pass, bucket by bucket).
+- :func:`accumulate_gradients` is the single-device equivalent: micro-batches
+  one after another instead of side by side.
+- :func:`scaled_lr` and :func:`warmup_linear_scaling` are the linear scaling
+  rule with gradual warm-up of Goyal et al. (2017).
+
+Nothing is initialised at import time. Functions given to :func:`launch` must
+be importable by name (defined in a module such as this one, not in a notebook
+cell), because the workers are fresh interpreters (the ``spawn`` start method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import queue
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from course_lib.schedules import Constant, Warmup
+
+__all__ = [
+    "DDPConfig", "accumulate_gradients", "average_gradients", "backend_for",
+    "launch", "main", "scaled_lr", "to_sync_batchnorm", "train_ddp",
+    "warmup_linear_scaling",
+]  # fmt: skip
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_positive_real(name: str, value) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (ok and value > 0):  # NaN fails value > 0
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def backend_for(device: torch.device | str) -> str:
+    """The collective backend for ``device``: ``"nccl"`` for CUDA, else ``"gloo"``."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def _default_device(local_rank: int, local_world_size: int) -> torch.device:
+    # NCCL needs one GPU per process; with fewer GPUs than processes, use gloo
+    if torch.cuda.is_available() and local_world_size <= torch.cuda.device_count():
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _group_device() -> torch.device:
+    """The device this process's group communicates on (set up by the caller)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------- launching
+
+
+def _free_port() -> int:
+    # Port 0 asks the OS for a free port; it could be taken again before the
+    # workers bind it, a race that is harmless on a teaching machine.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank, world_size, port, fn, args, results) -> None:
+    """Body of one spawned process: join the group, run ``fn``, report back."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # K processes share the cores; no oversubscription
+    try:
+        device = _default_device(rank, world_size)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend = backend_for(device)
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        # Plain pickle copies tensors into the message; the queue's own pickler
+        # would share their memory, which dies with this process.
+        message = ("ok", pickle.dumps(fn(rank, world_size, *args)))
+    except BaseException:  # noqa: B036 - report anything, the parent decides
+        message = ("error", traceback.format_exc())
+    results.put((rank, *message))  # before cleanup, which may block or fail
+    results.close()
+    results.join_thread()  # in the pipe before peers see this process go
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _stop(processes) -> None:
+    """Terminate, then kill, every process that is still alive, and reap it."""
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def _died_silently(processes, done: dict, errors: dict) -> dict:
+    # A worker that reported has flushed its message before exiting, so a dead
+    # worker without a message died hard (segfault, out of memory, os._exit).
+    return {
+        rank: f"exited with code {p.exitcode} without reporting"
+        for rank, p in enumerate(processes)
+        if rank not in done and rank not in errors and p.exitcode not in (None, 0)
+    }
+
+
+def _collect(processes, results, timeout: float) -> tuple[dict, dict]:
+    """Wait for every rank's message; stop at the first error or the timeout.
+
+    Errors come back in order of likely cause: workers that died without a
+    word, then the reported errors in order of arrival (a worker that raises
+    reports before its peers notice it is gone).
+    """
+    done, errors = {}, {}
+    deadline = time.monotonic() + timeout
+    while len(done) < len(processes) and not errors:
+        try:
+            rank, status, payload = results.get(timeout=0.05)
+            (done if status == "ok" else errors)[rank] = payload
+            continue
+        except queue.Empty:
+            pass
+        if results.empty():
+            errors.update(_died_silently(processes, done, errors))
+        if time.monotonic() > deadline:
+            late = [r for r in range(len(processes)) if r not in done]
+            errors.update({r: f"timed out after {timeout} s" for r in late})
+    # Once one worker fails its peers fail too ("connection reset by peer"):
+    # give the cause a moment to arrive or to show as a dead process.
+    time.sleep(0.2 if errors else 0)
+    while not results.empty():
+        rank, status, payload = results.get()
+        if status == "error":
+            errors[rank] = payload
+    return done, {**_died_silently(processes, done, errors), **errors}
+
+
+def launch(fn: Callable, world_size: int, *args, timeout: float = 120) -> list:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh processes.
+
+    Each worker sets ``MASTER_ADDR``/``MASTER_PORT`` (a free port on this
+    machine), calls ``dist.init_process_group`` (NCCL with one GPU per rank
+    when there are enough GPUs, otherwise gloo on CPU), runs ``fn``, and
+    destroys the group.
+    Returns ``[result of rank 0, ..., result of rank world_size - 1]``; the
+    results travel back pickled, so they must be picklable (tensors are).
+
+    If a worker raises, or has not finished after ``timeout`` seconds, every
+    worker is stopped at once (its peers may be blocked in a collective that
+    will never complete) and a ``RuntimeError`` gives the failing rank and its
+    traceback. No process outlives the call. ``fn`` must be importable by
+    name: a function from a module, not one defined in a notebook cell.
+    """
+    _check_positive_int("world_size", world_size)
+    _check_positive_real("timeout", timeout)
+    if not callable(fn):
+        raise ValueError(f"fn must be callable, got {fn!r}")
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    processes = [
+        ctx.Process(target=_worker, args=(r, world_size, port, fn, args, results))
+        for r in range(world_size)
+    ]
+    try:
+        for p in processes:
+            p.start()
+        done, errors = _collect(processes, results, timeout)
+    finally:
+        _stop(processes)
+        results.close()
+        results.join_thread()
+    if errors:  # the first is the likely cause
+        first, *others = errors
+        report = "\n".join(f"--- rank {r}:\n{text}" for r, text in errors.items())
+        also = f" (then rank {', '.join(map(str, others))})" if others else ""
+        raise RuntimeError(f"launch: worker rank {first} failed{also}\n{report}")
+    return [pickle.loads(done[r]) for r in range(world_size)]
+
+
+# ------------------------------------------------------- gradient arithmetic
+
+
+def average_gradients(model: nn.Module) -> None:
+    r"""Average every parameter's gradient over the workers, in place.
+
+    .. math:: g \leftarrow \frac{1}{K} \sum_{k=1}^{K} g_k
+
+    One ``all_reduce`` (sum) per parameter, then a division by :math:`K`, the
+    world size: what ``DistributedDataParallel`` does during ``backward``,
+    written out after it. Call it between ``loss.backward()`` and
+    ``optimizer.step()`` on every worker; every worker must hold gradients for
+    the same parameters, or the collectives do not match up and hang.
+    """
+    world_size = dist.get_world_size()
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad /= world_size
+
+
+def accumulate_gradients(
+    model: nn.Module, loss_fn: LossFn, X: torch.Tensor, y: torch.Tensor,
+    micro_batches: int,
+) -> float:  # fmt: skip
+    r"""Back-propagate the batch in ``micro_batches`` pieces; return its mean loss.
+
+    The batch of :math:`N` samples is split into chunks :math:`C_j` as equal as
+    ``torch.tensor_split`` makes them, and each chunk's mean loss is scaled by
+    :math:`|C_j| / N` before ``backward``, so the accumulated gradient is that
+    of the mean loss over the whole batch, even when the sizes differ:
+
+    .. math:: \sum_j \frac{|C_j|}{N} \nabla \frac{1}{|C_j|} \sum_{i \in C_j}
+        \ell_i = \nabla \frac{1}{N} \sum_{i=1}^{N} \ell_i
+
+    Memory holds one chunk's activations at a time. ``loss_fn`` must return
+    the *mean* loss of its chunk (the default reduction). Gradients are added
+    to ``.grad``: the caller zeroes them before and steps the optimizer after.
+    Under DDP, wrap all but the last chunk in ``model.no_sync()`` to all-reduce
+    once per batch. Models with batch statistics (batch norm) see smaller
+    batches, so they are not exactly equivalent.
+    """
+    _check_positive_int("micro_batches", micro_batches)
+    n = len(X)
+    if micro_batches > n:
+        msg = f"micro_batches must be at most the batch size {n}, got {micro_batches}"
+        raise ValueError(msg)
+    total = 0.0
+    for X_chunk, y_chunk in zip(
+        X.tensor_split(micro_batches), y.tensor_split(micro_batches), strict=True
+    ):
+        weight = len(X_chunk) / n
+        loss = loss_fn(model(X_chunk), y_chunk)
+        (loss * weight).backward()
+        total += loss.item() * weight
+    return total
+
+
+# ------------------------------------------------ learning rate and batch size
+
+
+def scaled_lr(base_lr: float, base_batch_size: int, batch_size: int) -> float:
+    r"""The linear scaling rule (Goyal et al., 2017).
+
+    .. math:: \eta = \eta_{\mathrm{base}} \cdot B / B_{\mathrm{base}}
+
+    A batch :math:`k` times larger averages :math:`k` times as many gradients
+    per step; taking :math:`k` times fewer steps, each :math:`k` times larger,
+    approximately follows the small-batch trajectory while the gradient
+    changes little over :math:`k` small steps, which fails early in training
+    (hence warm-up) and for very large batches (the paper: beyond ~8k images).
+    """
+    _check_positive_real("base_lr", base_lr)
+    _check_positive_int("base_batch_size", base_batch_size)
+    _check_positive_int("batch_size", batch_size)
+    return float(base_lr * batch_size / base_batch_size)
+
+
+def warmup_linear_scaling(
+    base_lr: float, base_batch_size: int, batch_size: int, warmup_steps: int,
+    schedule: Callable[[int], float] | None = None,
+) -> tuple[float, Warmup]:  # fmt: skip
+    r"""Scaled lr and gradual warm-up to it: ``(lr, schedule)``.
+
+    ``lr`` is :func:`scaled_lr`; the schedule starts at the factor
+    :math:`B_{\mathrm{base}} / B`, that is at the small-batch rate
+    :math:`\eta_{\mathrm{base}}`, rises linearly to 1 (the scaled rate) over
+    ``warmup_steps`` steps, then follows ``schedule`` (default
+    :class:`~course_lib.schedules.Constant`). Goyal et al. (2017) warm up over
+    5 epochs. Use as ``LambdaLR(SGD(params, lr=lr), schedule)``.
+    """
+    lr = scaled_lr(base_lr, base_batch_size, batch_size)
+    if batch_size < base_batch_size:
+        msg = f"batch_size must be >= base_batch_size {base_batch_size} to warm up"
+        raise ValueError(f"{msg}, got {batch_size}")
+    start = base_batch_size / batch_size
+    return lr, Warmup(schedule or Constant(), warmup_steps, start_factor=start)
+
+
+def to_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every ``BatchNorm*d`` by ``SyncBatchNorm``, which DDP then syncs.
+
+    Under DDP each worker's batch norm normalises with the mean and variance of
+    its *own* shard (B samples), not of the global batch (KB samples): with
+    small per-worker batches the statistics are noisy and training differs
+    from one process on the global batch. ``SyncBatchNorm`` all-reduces the
+    statistics in every forward pass (a cost in communication) so they are
+    those of the global batch. It matters when per-worker batches are small
+    (detection, segmentation: a few images per GPU); with 32+ samples per
+    worker the per-worker statistics are usually fine (Goyal et al. keep them
+    per worker on purpose). Convert before wrapping in DDP; CPU runs
+    (gloo) are not supported by torch's ``SyncBatchNorm``, which needs CUDA.
+    """
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+# ------------------------------------------------------- training with DDP
+
+
+@dataclass(frozen=True)
+class DDPConfig:
+    """Settings for :func:`train_ddp`; ``batch_size`` is per worker.
+
+    The global batch is ``batch_size * world_size``.
+    """
+
+    dataset: str = "mnist1d"
+    hidden: tuple[int, ...] = (100,)
+    batch_size: int = 32
+    lr: float = 0.1
+    epochs: int = 1
+    seed: int = 0
+    float64: bool = False
+    checkpoint: str | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive_int("batch_size", self.batch_size)
+        _check_positive_int("epochs", self.epochs)
+        _check_positive_real("lr", self.lr)
+
+
+def _shard_loader(X, y, rank, world_size, config: DDPConfig):
+    # Rank r gets samples r, r + K, r + 2K, ... of each epoch's permutation, so
+    # batch b on the K ranks together is block b of that permutation: exactly
+    # batch b of one process with batch_size * K and the same permutation.
+    sampler = DistributedSampler(
+        TensorDataset(X, y), num_replicas=world_size, rank=rank,
+        shuffle=True, seed=config.seed, drop_last=True,
+    )  # fmt: skip
+    return sampler, DataLoader(sampler.dataset, config.batch_size, sampler=sampler)
+
+
+def train_ddp(rank: int, world_size: int, config: DDPConfig) -> dict | None:
+    """Train an MLP with ``DistributedDataParallel`` on this rank's shard.
+
+    Call it in a process group that is already initialised (:func:`launch`,
+    :func:`main`). All ranks start from the same seed (DDP also broadcasts
+    rank 0's parameters). Plain SGD on the mean cross-entropy. Rank 0 prints
+    the mean batch loss of its own shard per epoch, saves ``config.checkpoint``
+    (``{"model": state_dict, "config": dict}``) if given, and returns
+    ``{"losses": [...], "state_dict": ...}``; the other ranks return ``None``.
+    """
+    from course_lib.data import load_dataset  # keeps import of this module light
+    from course_lib.models import MLP
+
+    device = _group_device()
+    dtype = torch.float64 if config.float64 else torch.float32
+    splits = load_dataset(config.dataset, cache_dir=config.cache_dir)
+    torch.manual_seed(config.seed)
+    model = MLP(splits.num_features, list(config.hidden), splits.num_classes)
+    model = model.to(device, dtype)
+    device_ids = None if device.type == "cpu" else [device.index]
+    ddp = DistributedDataParallel(model, device_ids=device_ids)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=config.lr)
+    sampler, loader = _shard_loader(
+        splits.X_train.to(dtype), splits.y_train, rank, world_size, config
+    )
+    losses = []
+    for epoch in range(config.epochs):
+        sampler.set_epoch(epoch)  # a new permutation per epoch, the same on all
+        losses.append(_ddp_epoch(ddp, loader, optimizer, device))
+        if rank == 0:
+            print(f"epoch {epoch + 1}: train loss {losses[-1]:.4f}", flush=True)
+    if rank != 0:
+        return None
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    if config.checkpoint:
+        torch.save({"model": state, "config": asdict(config)}, config.checkpoint)
+    return {"losses": losses, "state_dict": state}
+
+
+def _ddp_epoch(ddp, loader, optimizer, device) -> float:
+    """One epoch; returns this rank's mean batch loss."""
+    total = 0.0
+    for X, y in loader:  # (B, D), (B,) on each rank
+        optimizer.zero_grad()
+        loss = F.cross_entropy(ddp(X.to(device)), y.to(device))
+        loss.backward()  # DDP all-reduces the gradients here
+        optimizer.step()
+        total += loss.item()
+    return total / len(loader)
+
+
+def _parse_args(argv: Sequence[str] | None) -> DDPConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m course_lib.parallel",
+        description="Train an MLP on MNIST-1D with DDP; run it under torchrun.",
+    )
+    parser.add_argument("--dataset", default="mnist1d", choices=["mnist1d", "digits"])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[100])
+    parser.add_argument("--batch-size", type=int, default=32, help="per worker")
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--float64", action="store_true")
+    parser.add_argument("--checkpoint", help="rank 0 saves the model here")
+    parser.add_argument("--cache-dir", help="where MNIST-1D is cached")
+    ns = parser.parse_args(argv)
+    return DDPConfig(**{**vars(ns), "hidden": tuple(ns.hidden)})
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point for ``torchrun --nproc_per_node=K -m course_lib.parallel``.
+
+    torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+    ``MASTER_PORT``; the group is joined through them (``env://``), on NCCL
+    when there is a GPU for every local process and gloo otherwise.
+    """
+    config = _parse_args(argv)
+    if "RANK" not in os.environ:
+        raise SystemExit("run me under torchrun: torchrun --nproc_per_node=2 -m ...")
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    device = _default_device(int(os.environ["LOCAL_RANK"]), local_world_size)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend_for(device), init_method="env://")
+    try:
+        train_ddp(rank, world_size, config)
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
