@@ -32,6 +32,8 @@ from torch.utils.data import (
     TensorDataset,
 )
 
+from ._util import check_positive_int
+
 DATASETS = ("digits", "mnist1d")
 PROBLEMS_2D = ("moons", "circles", "spirals", "blobs")
 # name -> (torchvision class, folder under root where it keeps its files)
@@ -302,7 +304,7 @@ def make_loader(
     pass over the loader is a new permutation, and a loader rebuilt with the
     same seed replays the same epochs. Iterating never touches the global RNG.
     """
-    _check_positive_int(batch_size, "batch_size")
+    check_positive_int("batch_size", batch_size)
     if not isinstance(shuffle, bool):  # no silent coercion of "no" or 0
         # ValueError, not TypeError: bad arguments raise ValueError book-wide
         msg = f"shuffle must be True or False, got {shuffle!r}"
@@ -343,11 +345,6 @@ def make_loaders(
     return train, val, test
 
 
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def _check_same_length(X: Tensor, y: Tensor) -> None:
     if len(X) != len(y):
         raise ValueError(
@@ -370,7 +367,7 @@ def make_2d(
     """
     if name not in PROBLEMS_2D:
         raise ValueError(f"name must be one of {PROBLEMS_2D}, got {name!r}")
-    _check_positive_int(n_samples, "n_samples")
+    check_positive_int("n_samples", n_samples)
     bad = isinstance(noise, bool) or not isinstance(noise, numbers.Real)
     if bad or not noise >= 0:  # `not >=` also rejects nan
         raise ValueError(f"noise must be a real number >= 0, got {noise!r}")

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._util import history_field
+
 PATHOLOGIES = (
     "diverging",
     "not_training",
@@ -113,10 +115,6 @@ def cycle_score(step_loss, steps_per_epoch: int) -> float:
         ss_between + ss_within + ms_within
     )
     return float(omega2)
-
-
-def _get(history, key):
-    return history[key] if isinstance(history, dict) else getattr(history, key)
 
 
 def _plateau_fraction(loss: np.ndarray, start: float) -> float:
@@ -213,15 +211,15 @@ _RULES = (_diverging, _not_training, _unshuffled_cycles, _slow_start, _overfitti
 
 def diagnose(history) -> Diagnosis:
     """Return the first :data:`PATHOLOGIES` entry whose test holds (see module doc)."""
-    loss = np.asarray(_get(history, "step_loss"), dtype=float)
+    loss = np.asarray(history_field(history, "step_loss"), dtype=float)
     if len(loss) < 2:
         raise ValueError(f"history must hold at least 2 steps, got {len(loss)}")
-    period = _get(history, "steps_per_epoch")
+    period = history_field(history, "steps_per_epoch")
     curves = _Curves(
         loss=loss,
         period=period,
-        train=np.asarray(_get(history, "train_loss"), dtype=float),
-        val=np.asarray(_get(history, "val_loss"), dtype=float),
+        train=np.asarray(history_field(history, "train_loss"), dtype=float),
+        val=np.asarray(history_field(history, "val_loss"), dtype=float),
         start=float(np.median(loss[:5])),
         # At least an epoch, so that a cycle within the epoch averages out.
         end=float(np.mean(loss[-max(period, len(loss) // 10) :])),

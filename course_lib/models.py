@@ -16,12 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ._util import check_positive_int
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def make_activation(name: str) -> nn.Module:
@@ -52,12 +49,12 @@ class MLP(nn.Sequential):
         activation: str = "relu",
         dropout: float = 0.0,
     ):
-        _check_positive_int("in_features", in_features)
-        _check_positive_int("num_classes", num_classes)
+        check_positive_int("in_features", in_features)
+        check_positive_int("num_classes", num_classes)
         if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
             raise ValueError(f"hidden must be a sequence of widths, got {hidden!r}")
         for width in hidden:
-            _check_positive_int("hidden widths", width)
+            check_positive_int("hidden widths", width)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         layers: list[nn.Module] = []
@@ -79,8 +76,8 @@ class DigitsCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, channels: int = 16):
         super().__init__()
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("channels", channels)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("channels", channels)
         c = channels
         self.features = nn.Sequential(
             nn.Conv2d(1, c, 3, padding=1),
@@ -107,9 +104,9 @@ class MNIST1DCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, channels: int = 25, length: int = 40):
         super().__init__()
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("channels", channels)
-        _check_positive_int("length", length)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("channels", channels)
+        check_positive_int("length", length)
         c = channels
         self.length = length
         self.features = nn.Sequential(

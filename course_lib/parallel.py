@@ -48,6 +48,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from course_lib._util import check_positive_int
 from course_lib.schedules import Constant, Warmup
 
 __all__ = [
@@ -57,11 +58,6 @@ __all__ = [
 ]  # fmt: skip
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_positive_real(name: str, value) -> None:
@@ -191,7 +187,7 @@ def launch(fn: Callable, world_size: int, *args, timeout: float = 120) -> list:
     traceback. No process outlives the call. ``fn`` must be importable by
     name: a function from a module, not one defined in a notebook cell.
     """
-    _check_positive_int("world_size", world_size)
+    check_positive_int("world_size", world_size)
     _check_positive_real("timeout", timeout)
     if not callable(fn):
         raise ValueError(f"fn must be callable, got {fn!r}")
@@ -260,7 +256,7 @@ def accumulate_gradients(
     once per batch. Models with batch statistics (batch norm) see smaller
     batches, so they are not exactly equivalent.
     """
-    _check_positive_int("micro_batches", micro_batches)
+    check_positive_int("micro_batches", micro_batches)
     n = len(X)
     if micro_batches > n:
         msg = f"micro_batches must be at most the batch size {n}, got {micro_batches}"
@@ -291,8 +287,8 @@ def scaled_lr(base_lr: float, base_batch_size: int, batch_size: int) -> float:
     (hence warm-up) and for very large batches (the paper: beyond ~8k images).
     """
     _check_positive_real("base_lr", base_lr)
-    _check_positive_int("base_batch_size", base_batch_size)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("base_batch_size", base_batch_size)
+    check_positive_int("batch_size", batch_size)
     return float(base_lr * batch_size / base_batch_size)
 
 
@@ -355,8 +351,8 @@ class DDPConfig:
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        _check_positive_int("batch_size", self.batch_size)
-        _check_positive_int("epochs", self.epochs)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("epochs", self.epochs)
         _check_positive_real("lr", self.lr)
 
 

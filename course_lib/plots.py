@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ._util import history_field
 from .diagnose import moving_average
 from .schedules import factors
 
@@ -21,10 +22,6 @@ def _axes(ax):
     return ax if ax is not None else plt.subplots(figsize=(5, 3.2))[1]
 
 
-def _get(history, key):
-    return history[key] if isinstance(history, dict) else getattr(history, key)
-
-
 def plot_history(
     history, metric: str = "loss", *, ax=None, log: bool = False, title=None
 ):
@@ -33,7 +30,7 @@ def plot_history(
         raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
     ax = _axes(ax)
     for split, style in (("train", "-"), ("val", "--")):
-        values = _get(history, f"{split}_{metric}")
+        values = history_field(history, f"{split}_{metric}")
         if len(values):
             ax.plot(np.arange(1, len(values) + 1), values, style, label=split)
     ax.set(xlabel="epoch", ylabel=metric, title=title)
@@ -59,7 +56,7 @@ def plot_step_loss(
     """
     ax = _axes(ax)
     for label, history in histories.items():
-        loss = np.asarray(_get(history, "step_loss"), dtype=float)
+        loss = np.asarray(history_field(history, "step_loss"), dtype=float)
         loss = (
             loss[: np.argmin(np.isfinite(loss))]
             if not np.isfinite(loss).all()

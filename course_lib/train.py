@@ -21,12 +21,9 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from tqdm.auto import tqdm
 
+from ._util import check_positive_int
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_lr(lr) -> None:
@@ -44,8 +41,8 @@ def minibatch_indices(
     form the batches, and the last batch is smaller when ``batch_size`` does
     not divide ``n``.
     """
-    _check_positive_int("n", n)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("n", n)
+    check_positive_int("batch_size", batch_size)
     if not isinstance(shuffle, bool):
         raise ValueError(f"shuffle must be a bool, got {shuffle!r}")
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
@@ -103,7 +100,7 @@ def minibatch_sgd(
     extra draw at the end of every epoch, so its later epochs differ.)
     """
     _check_lr(lr)
-    _check_positive_int("num_epochs", num_epochs)
+    check_positive_int("num_epochs", num_epochs)
     if len(X) != len(y):
         raise ValueError(
             f"X and y must have the same length, got {len(X)} and {len(y)}"
@@ -186,7 +183,7 @@ class EarlyStopping(Callback):
             raise ValueError(
                 f"monitor must be one of {sorted(_MONITORS)}, got {monitor!r}"
             )
-        _check_positive_int("patience", patience)
+        check_positive_int("patience", patience)
         if not min_delta >= 0:
             raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
         self.monitor, self.patience = monitor, patience
@@ -299,7 +296,7 @@ def fit(
     batch, which is all it takes to run on a GPU. Training stops early when a
     callback asks to or the loss becomes NaN or infinite.
     """
-    _check_positive_int("num_epochs", num_epochs)
+    check_positive_int("num_epochs", num_epochs)
     device = (
         torch.device(device) if device is not None else next(model.parameters()).device
     )
