@@ -55,9 +55,11 @@ grade: install
 		{ echo "usage: make grade LAB=lab01_sgd SUBMISSIONS=folder"; exit 2; }
 	$(PY) -m course_lib.labs.grade $(LAB) $(SUBMISSIONS)
 
-# Step time of course_lib.optim against torch.optim (for-loop and foreach paths).
+# Step time of course_lib.optim against torch.optim (for-loop and foreach paths);
+# throughput of 1 vs 2 processes with DDP and the all-reduce time per step.
 bench: install
 	$(PY) benchmarks/bench_optim.py
+	$(PY) benchmarks/bench_parallel.py
 
 clean:
 	rm -rf _build .pytest_cache

@@ -22,9 +22,10 @@ the global batch of :math:`KB` samples: :math:`K` workers on batches of
 - :func:`scaled_lr` and :func:`warmup_linear_scaling` are the linear scaling
   rule with gradual warm-up of Goyal et al. (2017).
 
-Nothing is initialised at import time. Functions given to :func:`launch` must
-be importable by name (defined in a module such as this one, not in a notebook
-cell), because the workers are fresh interpreters (the ``spawn`` start method).
+Nothing is initialised at import time. The workers of :func:`launch` are fresh
+interpreters (the ``spawn`` start method, the same on Linux, macOS and
+Windows); the function and its arguments travel to them with ``cloudpickle``,
+so a function defined in a notebook cell works as well as one from a module.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+import cloudpickle
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -52,8 +55,8 @@ from course_lib._util import check_positive_int
 from course_lib.schedules import Constant, Warmup
 
 __all__ = [
-    "DDPConfig", "accumulate_gradients", "average_gradients", "backend_for",
-    "launch", "main", "scaled_lr", "to_sync_batchnorm", "train_ddp",
+    "AllReduceBatchNorm", "DDPConfig", "accumulate_gradients", "average_gradients",
+    "backend_for", "launch", "main", "scaled_lr", "to_sync_batchnorm", "train_ddp",
     "warmup_linear_scaling",
 ]  # fmt: skip
 
@@ -96,19 +99,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _worker(rank, world_size, port, fn, args, results) -> None:
+def _worker(rank, world_size, port, payload, results) -> None:
     """Body of one spawned process: join the group, run ``fn``, report back."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)  # K processes share the cores; no oversubscription
     try:
+        fn, args = pickle.loads(payload)  # cloudpickle's output is plain pickle
         device = _default_device(rank, world_size)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         backend = backend_for(device)
         dist.init_process_group(backend, rank=rank, world_size=world_size)
-        # Plain pickle copies tensors into the message; the queue's own pickler
-        # would share their memory, which dies with this process.
-        message = ("ok", pickle.dumps(fn(rank, world_size, *args)))
+        # Pickling here copies tensors into the message; the queue's own
+        # pickler would share their memory, which dies with this process.
+        message = ("ok", cloudpickle.dumps(fn(rank, world_size, *args)))
     except BaseException:  # noqa: B036 - report anything, the parent decides
         message = ("error", traceback.format_exc())
     results.put((rank, *message))  # before cleanup, which may block or fail
@@ -184,18 +188,21 @@ def launch(fn: Callable, world_size: int, *args, timeout: float = 120) -> list:
     If a worker raises, or has not finished after ``timeout`` seconds, every
     worker is stopped at once (its peers may be blocked in a collective that
     will never complete) and a ``RuntimeError`` gives the failing rank and its
-    traceback. No process outlives the call. ``fn`` must be importable by
-    name: a function from a module, not one defined in a notebook cell.
+    traceback. No process outlives the call. ``fn`` may be defined in a
+    notebook: ``cloudpickle`` sends functions of ``__main__`` by value (with
+    the globals they use) and functions of modules by name; the module must
+    then be importable in the workers.
     """
     check_positive_int("world_size", world_size)
     _check_positive_real("timeout", timeout)
     if not callable(fn):
         raise ValueError(f"fn must be callable, got {fn!r}")
+    payload = cloudpickle.dumps((fn, args))
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
     processes = [
-        ctx.Process(target=_worker, args=(r, world_size, port, fn, args, results))
+        ctx.Process(target=_worker, args=(r, world_size, port, payload, results))
         for r in range(world_size)
     ]
     try:
@@ -313,7 +320,7 @@ def warmup_linear_scaling(
     return lr, Warmup(schedule or Constant(), warmup_steps, start_factor=start)
 
 
-def to_sync_batchnorm(model: nn.Module) -> nn.Module:
+def to_sync_batchnorm(model: nn.Module, *, by_hand: bool = False) -> nn.Module:
     """Replace every ``BatchNorm*d`` by ``SyncBatchNorm``, which DDP then syncs.
 
     Under DDP each worker's batch norm normalises with the mean and variance of
@@ -324,10 +331,115 @@ def to_sync_batchnorm(model: nn.Module) -> nn.Module:
     those of the global batch. It matters when per-worker batches are small
     (detection, segmentation: a few images per GPU); with 32+ samples per
     worker the per-worker statistics are usually fine (Goyal et al. keep them
-    per worker on purpose). Convert before wrapping in DDP; CPU runs
-    (gloo) are not supported by torch's ``SyncBatchNorm``, which needs CUDA.
+    per worker on purpose). Convert before wrapping in DDP.
+
+    torch's ``SyncBatchNorm`` only runs on GPUs (on CPU it raises a
+    ``ValueError`` in training). ``by_hand=True`` converts to
+    :class:`AllReduceBatchNorm` instead, which computes the same statistics
+    with two differentiable all-reduces and runs on any backend.
     """
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if not isinstance(by_hand, bool):
+        raise ValueError(f"by_hand must be True or False, got {by_hand!r}")
+    if not by_hand:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if isinstance(model, _BatchNorm) and not isinstance(model, AllReduceBatchNorm):
+        return AllReduceBatchNorm.from_batchnorm(model)
+    for name, child in model.named_children():
+        model.add_module(name, to_sync_batchnorm(child, by_hand=True))
+    return model
+
+
+class _AllReduceSum(torch.autograd.Function):
+    r"""``all_reduce`` (sum) that autograd can differentiate.
+
+    Forward: :math:`s = \sum_k t_k` on every worker. Each worker's loss
+    depends on :math:`s`, and the total loss is :math:`\sum_j L_j`, so
+    :math:`\partial L / \partial t_k = \sum_j \partial L_j / \partial s`:
+    the backward pass is an all-reduce (sum) of the incoming gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        total = grad.clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+
+class AllReduceBatchNorm(_BatchNorm):
+    r"""Batch norm over the global batch, with the statistics all-reduced by hand.
+
+    In training, with a process group of :math:`K > 1` workers, the mean and
+    variance of channel :math:`c` are those of all :math:`N = \sum_k n_k`
+    samples (and positions) of the global batch:
+
+    .. math:: \mu_c = \frac{1}{N} \sum_k \sum_{i \in k} x_{ic}, \qquad
+        \sigma_c^2 = \frac{1}{N} \sum_k \sum_{i \in k} (x_{ic} - \mu_c)^2
+
+    Each sum is one ``all_reduce`` of a vector of :math:`C` numbers (plus the
+    count), made differentiable by :class:`_AllReduceSum`: the backward pass
+    all-reduces the gradients of the sums, so every worker's input gradient is
+    that of the global batch. This is
+    what ``nn.SyncBatchNorm`` does with fused CUDA kernels; the result is the
+    output of one process running ``BatchNorm`` on the concatenated batch.
+    Outside training, or without a group of several workers, it is plain
+    batch norm. Inputs are ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)``, ...
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected input of 2 or more dims, got {input.dim()}")
+
+    @classmethod
+    def from_batchnorm(cls, bn: _BatchNorm) -> AllReduceBatchNorm:
+        """A copy of ``bn`` (settings, parameters, running statistics)."""
+        new = cls(
+            bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats
+        )
+        like = bn.weight if bn.weight is not None else bn.running_mean
+        if like is not None:
+            new = new.to(like.device, like.dtype)
+        new.load_state_dict(bn.state_dict())
+        return new
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(input)
+        synced = (
+            self.training and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() > 1
+        )  # fmt: skip
+        if not synced:
+            return super().forward(input)
+        dims = [0, *range(2, input.dim())]  # every dim but the channels
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        count = input.new_tensor([input.numel() / input.shape[1]])
+        # two passes (mean, then squared deviations): stabler than E[x^2] - mu^2
+        sums = _AllReduceSum.apply(torch.cat([input.sum(dims), count]))
+        n = sums[-1]
+        mean = sums[:-1] / n
+        centred = input - mean.reshape(shape)
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / n
+        out = centred * torch.rsqrt(var + self.eps).reshape(shape)
+        if self.affine:
+            out = out * self.weight.reshape(shape) + self.bias.reshape(shape)
+        if self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach(), n.item())
+        return out
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean, var, n: float) -> None:
+        self.num_batches_tracked += 1
+        factor = self.momentum
+        if factor is None:  # a cumulative average, as in torch
+            factor = 1.0 / self.num_batches_tracked.item()
+        unbiased = var * n / max(n - 1, 1)
+        self.running_mean.lerp_(mean, factor)
+        self.running_var.lerp_(unbiased, factor)
 
 
 # ------------------------------------------------------- training with DDP

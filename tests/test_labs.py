@@ -15,10 +15,12 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
+import torch.distributed as dist
 
 from course_lib.labs import LABS, checks, get_lab
 from course_lib.labs import lab01_sgd as lab1
 from course_lib.labs import lab02_optim as lab2
+from course_lib.labs import lab03_parallel as lab3
 from course_lib.labs.generate import lab_dirs, render, strip_solutions, student_path
 from course_lib.labs.grade import grade_folder, write_reports
 
@@ -249,6 +251,62 @@ def test_references_pass_their_own_hidden_cases(key):
     for label, inputs in q.public_cases() + q.hidden_cases(3):  # the grading seed
         out = checks.run_one(q, q.reference, inputs)
         assert not isinstance(out, Exception), (label, out)
+
+
+# --- lab 3: the checks run the student's code in real processes ------------------
+
+
+def test_lab3_finds_a_missing_division(capsys):
+    def average_gradients(model):  # sums instead of averaging
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+
+    assert lab3.check_q2(average_gradients) is False
+    out = capsys.readouterr().out
+    assert "2 of 2 cases failed" in out
+    assert "after step 1, rank 0's parameter number" in out
+
+
+def test_lab3_reports_the_error_of_a_worker(capsys):
+    def average_gradients(model):  # forgets that frozen parameters have no .grad
+        for p in model.parameters():
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+    assert lab3.check_q2(average_gradients) is False
+    out = capsys.readouterr().out
+    assert "1 of 2 cases failed" in out and "first layer frozen" in out
+    assert "a worker failed" in out
+
+
+def test_lab3_unweighted_accumulation_fails_only_on_unequal_chunks(capsys):
+    def accumulate_gradients(model, loss_fn, X, y, micro_batches):
+        total = 0.0
+        chunks = X.tensor_split(micro_batches), y.tensor_split(micro_batches)
+        for X_c, y_c in zip(*chunks, strict=True):
+            loss = loss_fn(model(X_c), y_c) / micro_batches  # right for equal chunks
+            loss.backward()
+            total += loss.item()
+        return total
+
+    assert lab3.check_q3(accumulate_gradients) is False
+    out = capsys.readouterr().out
+    assert "1 of 3 cases failed" in out and "case batch 10 in 4 micro-batches" in out
+
+
+def test_lab3_hidden_cases_are_passed_by_the_course_implementations():
+    from course_lib import parallel
+
+    correct = {  # DDP and one big batch are the references; these must match them
+        "q2": parallel.average_gradients,
+        "q3": parallel.accumulate_gradients,
+    }
+    for key, q in lab3.QUESTIONS.items():
+        for label, inputs in q.public_cases() + q.hidden_cases(3):
+            out = checks.run_one(q, correct.get(key, q.reference), inputs)
+            assert not isinstance(out, Exception), (label, out)
+            assert checks.judge(q, q.run(q.reference, inputs), out) is None, label
 
 
 # --- grading ------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Tests for course_lib.parallel: real torch.distributed, 2 processes, gloo, CPU.
 
-Worker functions live at module level: ``launch`` spawns fresh interpreters,
-which import them by name.
+Most worker functions live at module level (the workers import them by name);
+a lambda, a closure and a script's ``__main__`` function check that ``launch``
+also ships functions by value, as a notebook needs.
 """
 
 import multiprocessing
@@ -20,12 +21,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from course_lib.models import MLP
 from course_lib.parallel import (
+    AllReduceBatchNorm,
     DDPConfig,
     accumulate_gradients,
     average_gradients,
     backend_for,
     launch,
     scaled_lr,
+    to_sync_batchnorm,
     train_ddp,
     warmup_linear_scaling,
 )
@@ -313,3 +316,139 @@ def test_torchrun_entry_point_matches_one_process(tmp_path):
     assert saved["model"].keys() == reference.keys()
     for name, value in reference.items():
         torch.testing.assert_close(saved["model"][name], value, rtol=0, atol=1e-10)
+
+
+def test_launch_ships_lambdas_and_closures_by_value():
+    offset = torch.tensor([10.0])
+
+    def add_offset(rank, world_size):  # a closure over a local tensor
+        return rank + offset
+
+    assert launch(add_offset, 2) == [torch.tensor([10.0]), torch.tensor([11.0])]
+    assert launch(lambda rank, world_size, k: rank * k, 2, 3) == [0, 3]
+    assert _no_children_left()
+
+
+def test_launch_runs_a_function_defined_in_main(tmp_path):
+    # a notebook's functions live in __main__, which the workers cannot import
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import torch, torch.distributed as dist\n"
+        "from course_lib.parallel import launch\n"
+        "SCALE = 5.0\n"
+        "def work(rank, world_size):\n"
+        "    t = torch.tensor([SCALE * (rank + 1)])\n"
+        "    dist.all_reduce(t)\n"
+        "    return t.item()\n"
+        "if __name__ == '__main__':\n"
+        "    print(launch(work, 2))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True,
+        timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[15.0, 15.0]"
+
+
+# ------------------------------------------------------------- batch norm
+
+BN_STEPS, BN_BATCH = 4, 12  # global batch of 12: 6 per rank
+
+
+def _bn_model(by_hand: bool):
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4, momentum=0.3),
+        torch.nn.ReLU(), torch.nn.Linear(4, 3),
+    ).double()  # fmt: skip
+    return to_sync_batchnorm(model, by_hand=True) if by_hand else model
+
+
+def _bn_run(model, batches):
+    """SGD steps; the outputs, input gradients, parameters and buffers."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    outputs, input_grads = [], []
+    for X, y in zip(*batches, strict=True):
+        X = X.clone().requires_grad_()
+        optimizer.zero_grad()
+        out = model(X)
+        loss = F.cross_entropy(out, y, reduction="sum") / BN_BATCH  # global mean
+        loss.backward()
+        if dist.is_initialized():
+            for p in model.parameters():  # sum of the ranks' shares of the mean
+                dist.all_reduce(p.grad)
+        optimizer.step()
+        outputs.append(out.detach())
+        input_grads.append(X.grad)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    return outputs, input_grads, state
+
+
+def _bn_batches():
+    g = torch.Generator().manual_seed(2)
+    X = 3 * torch.randn(BN_STEPS, BN_BATCH, 5, generator=g, dtype=torch.float64) + 1
+    return X, torch.randint(0, 3, (BN_STEPS, BN_BATCH), generator=g)
+
+
+def _bn_worker(rank, world_size, by_hand):
+    X, y = _bn_batches()
+    shard = slice(rank * BN_BATCH // world_size, (rank + 1) * BN_BATCH // world_size)
+    return shard, _bn_run(_bn_model(by_hand), (X[:, shard], y[:, shard]))
+
+
+@pytest.mark.parametrize("by_hand", [True, False], ids=["all-reduced", "per-worker"])
+def test_all_reduce_batchnorm_equals_one_process_on_the_global_batch(by_hand):
+    out_1, grads_1, state_1 = _bn_run(_bn_model(False), _bn_batches())
+    close = []
+    for shard, (out, grads, state) in launch(_bn_worker, 2, by_hand):
+        outputs_match = all(
+            torch.allclose(o, o1[shard], rtol=0, atol=1e-10)
+            and torch.allclose(g, g1[shard], rtol=0, atol=1e-10)
+            for o, o1, g, g1 in zip(out, out_1, grads, grads_1, strict=True)
+        )
+        states_match = all(
+            torch.allclose(state[k].double(), v.double(), rtol=0, atol=1e-10)
+            for k, v in state_1.items()
+        )
+        close.append(outputs_match and states_match)
+    # synced statistics reproduce one process exactly; per-worker ones do not
+    assert close == ([True, True] if by_hand else [False, False])
+    assert _no_children_left()
+
+
+def test_all_reduce_batchnorm_is_plain_batchnorm_outside_a_group():
+    plain, converted = _bn_model(False), _bn_model(True)
+    assert isinstance(converted[1], AllReduceBatchNorm)
+    X = _bn_batches()[0][0]
+    for mode in ("train", "eval"):
+        getattr(plain, mode)(), getattr(converted, mode)()
+        torch.testing.assert_close(converted(X), plain(X), rtol=0, atol=0)
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(converted.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_all_reduce_batchnorm_handles_images_and_cumulative_average():
+    bn = torch.nn.BatchNorm2d(3, momentum=None).double()
+    bn.running_var.fill_(2.0)
+    ours = AllReduceBatchNorm.from_batchnorm(bn)
+    assert ours.momentum is None and ours.running_var[0] == 2.0
+    with pytest.raises(ValueError, match="2 or more dims"):
+        ours(torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="by_hand"):
+        to_sync_batchnorm(bn, by_hand="yes")
+
+
+def test_torch_syncbatchnorm_needs_a_gpu():
+    # why the by-hand version exists: torch's refuses CPU tensors in a group
+    assert launch(_torch_sync_bn_on_cpu, 2) == ["refused", "refused"]
+
+
+def _torch_sync_bn_on_cpu(rank, world_size):
+    model = to_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm1d(2)))
+    try:
+        model(torch.randn(4, 2))
+    except ValueError as err:
+        return "refused" if "GPU" in str(err) else str(err)
+    return "ran"

@@ -9,7 +9,7 @@
 
 import importlib
 
-LABS = ("lab01_sgd", "lab02_optim")
+LABS = ("lab01_sgd", "lab02_optim", "lab03_parallel")
 
 
 def get_lab(name: str):
