@@ -265,7 +265,7 @@ def test_lab3_finds_a_missing_division(capsys):
     assert lab3.check_q2(average_gradients) is False
     out = capsys.readouterr().out
     assert "2 of 2 cases failed" in out
-    assert "after step 1, rank 0's parameter number" in out
+    assert "after step 1, rank 0's parameter 0.weight[0, 0] differs" in out
 
 
 def test_lab3_reports_the_error_of_a_worker(capsys):

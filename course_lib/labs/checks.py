@@ -190,6 +190,20 @@ def check(question: Question, fn) -> bool:
     return False
 
 
+def parameter_names(model: torch.nn.Module) -> list[str]:
+    """Names of ``model``'s parameters flattened in order: '0.weight[2, 1]', ...
+
+    Feedback can then say which weight differs instead of a flat index.
+    """
+    names = []
+    for name, p in model.named_parameters():
+        for index in torch.cartesian_prod(*[torch.arange(n) for n in p.shape]).reshape(
+            -1, p.dim()
+        ):
+            names.append(f"{name}[{', '.join(str(int(i)) for i in index)}]")
+    return names
+
+
 def check_function(question: Question) -> Callable[[object], bool]:
     """The ``check_qN`` function a lab notebook calls for ``question``."""
 

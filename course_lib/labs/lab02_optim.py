@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks import Question, check_function
+from .checks import Question, check_function, parameter_names
 
 _LAYOUT_SEED = 0
 
@@ -25,14 +25,7 @@ def _model(seed: int) -> torch.nn.Module:
 
 
 def _param_names() -> list[str]:
-    """Names of the flattened parameters, in order: '0.weight[2, 1]', ..."""
-    names = []
-    for name, p in _model(_LAYOUT_SEED).named_parameters():
-        for index in torch.cartesian_prod(*[torch.arange(n) for n in p.shape]).reshape(
-            -1, p.dim()
-        ):
-            names.append(f"{name}[{', '.join(str(int(i)) for i in index)}]")
-    return names
+    return parameter_names(_model(_LAYOUT_SEED))
 
 
 def _run(optimizer_cls, inputs) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from course_lib import parallel
 
-from .checks import Question, check_function
+from .checks import Question, check_function, parameter_names
 
 _TIMEOUT = 60  # seconds for one multi-process case; a healthy one takes ~3
 
@@ -118,8 +118,9 @@ def first_difference(expected, actual, *, rtol: float, atol: float) -> str | Non
     bad = torch.nonzero(~close)
     step = int(bad[:, 1].min())
     rank, _, k = (int(i) for i in bad[bad[:, 1] == step][0])
+    name = parameter_names(_model(0))[k]
     return (
-        f"after step {step + 1}, rank {rank}'s parameter number {k} differs from "
+        f"after step {step + 1}, rank {rank}'s parameter {name} differs from "
         f"DDP's: expected {expected[rank, step, k].item():.10g}, got "
         f"{actual[rank, step, k].item():.10g}"
     )
@@ -153,7 +154,7 @@ def _accumulate_once(fn, inputs, rank=0, world_size=1):
     if world_size > 1:
         parallel.average_gradients(model)  # the course's, not the student's
     grads = [p.grad.clone() for p in model.parameters()]
-    return {"loss": float(loss) if isinstance(loss, float) else loss, "grads": grads}
+    return {"loss": loss, "grads": grads}
 
 
 def _accumulate_worker(rank, world_size, fn, inputs):
@@ -276,7 +277,7 @@ def compare_with_one_process(
     Rank ``r`` takes its shard of each global batch of 64 with ``shard_batch``,
     accumulates it in ``micro_batches`` pieces, averages with
     ``average_gradients`` and steps; rank 0 returns its parameters.
-    """  # fmt: skip
+    """
     from course_lib.data import load_dataset
     from course_lib.models import MLP
 
