@@ -33,6 +33,7 @@ from torch.utils.data import (
 )
 
 from ._util import check_positive_int
+from .device import generator
 
 DATASETS = ("digits", "mnist1d")
 PROBLEMS_2D = ("moons", "circles", "spirals", "blobs")
@@ -299,7 +300,7 @@ def make_loader(
 
     Each batch is one fancy-index of the tensors rather than ``B`` single
     samples collated together, which is several times faster on CPU. The
-    order comes from ``torch.Generator().manual_seed(seed)``, not the global
+    order comes from ``course_lib.device.generator(seed)``, not the global
     RNG: the first epoch is ``torch.randperm(N, generator=...)``, each later
     pass over the loader is a new permutation, and a loader rebuilt with the
     same seed replays the same epochs. Iterating never touches the global RNG.
@@ -311,7 +312,7 @@ def make_loader(
         raise ValueError(msg)  # noqa: TRY004
     _check_same_length(X, y)
     dataset = TensorDataset(X, y)
-    order_rng = torch.Generator().manual_seed(seed)
+    order_rng = generator(seed)
     if shuffle:
         order = RandomSampler(dataset, generator=order_rng)
     else:
@@ -319,7 +320,7 @@ def make_loader(
     batches = BatchSampler(order, batch_size, drop_last)
     # The loader draws a worker base seed per epoch; given no generator it takes
     # it from the global RNG, which would shift the reader's later random draws.
-    base_seed_rng = torch.Generator().manual_seed(seed)
+    base_seed_rng = generator(seed)
     return DataLoader(
         dataset, sampler=batches, batch_size=None, generator=base_seed_rng
     )

@@ -38,6 +38,8 @@ import torch
 from torch import nn
 
 from ._util import history_field
+from .device import generator as device_generator
+from .device import shifted_seed
 
 PATHOLOGIES = (
     "diverging",
@@ -284,7 +286,7 @@ def demo_run(
     X, y = splits.X_train[: cfg["n_train"]], splits.y_train[: cfg["n_train"]]
     if cfg["sort"]:
         X, y = sort_by_label(X, y)
-    torch.manual_seed(seed)
+    torch.manual_seed(shifted_seed(seed))
     model = MLP(splits.num_features, list(cfg["hidden"]), splits.num_classes)
     if cfg["init_std"] is not None:  # far too small weights: signals fade
         for layer in model:
@@ -345,7 +347,7 @@ def gradient_noise(
         )
     if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws <= 0:
         raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}")
-    generator = torch.Generator().manual_seed(seed)
+    generator = device_generator(seed)
     full = _flat_grad(model, loss_fn, X, y)
     total = 0.0
     for _ in range(num_draws):

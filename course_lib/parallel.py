@@ -52,6 +52,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from course_lib._util import check_positive_int
+from course_lib.device import shifted_seed
 from course_lib.schedules import Constant, Warmup
 
 __all__ = [
@@ -495,7 +496,7 @@ def train_ddp(rank: int, world_size: int, config: DDPConfig) -> dict | None:
     device = _group_device()
     dtype = torch.float64 if config.float64 else torch.float32
     splits = load_dataset(config.dataset, cache_dir=config.cache_dir)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(shifted_seed(config.seed))
     model = MLP(splits.num_features, list(config.hidden), splits.num_classes)
     model = model.to(device, dtype)
     device_ids = None if device.type == "cpu" else [device.index]

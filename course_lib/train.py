@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from tqdm.auto import tqdm
 
+from . import device
 from ._util import check_positive_int
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -105,7 +106,7 @@ def minibatch_sgd(
         raise ValueError(
             f"X and y must have the same length, got {len(X)} and {len(y)}"
         )
-    generator = torch.Generator().manual_seed(seed)
+    generator = device.generator(seed)
     losses: list[float] = []
     for _ in range(num_epochs):
         for idx in minibatch_indices(

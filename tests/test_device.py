@@ -69,3 +69,25 @@ def test_set_deterministic_round_trip():
 
 def test_describe_environment_names_torch_version():
     assert torch.__version__ in dev.describe_environment()
+
+
+def test_seed_shift_moves_every_seed(monkeypatch):
+    monkeypatch.delenv(dev.SEED_SHIFT_VARIABLE, raising=False)
+    assert dev.seed_shift() == 0 and dev.shifted_seed(3) == 3
+    plain = torch.randn(3, generator=dev.generator(3))
+    monkeypatch.setenv(dev.SEED_SHIFT_VARIABLE, "1000")
+    assert dev.shifted_seed(3) == 1003
+    moved = torch.randn(3, generator=dev.generator(3))
+    assert torch.equal(moved, torch.randn(3, generator=torch.Generator().manual_seed(1003)))
+    assert not torch.equal(plain, moved)
+    dev.seed_everything(3)
+    a = torch.randn(2)
+    torch.manual_seed(1003)
+    assert torch.equal(a, torch.randn(2))
+
+
+@pytest.mark.parametrize("text", ["-1", "ten", "1.5"])
+def test_bad_seed_shift_names_the_variable(monkeypatch, text):
+    monkeypatch.setenv(dev.SEED_SHIFT_VARIABLE, text)
+    with pytest.raises(ValueError, match="COURSE_LIB_SEED_SHIFT"):
+        dev.generator(0)
