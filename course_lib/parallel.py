@@ -114,8 +114,9 @@ def _worker(rank, world_size, port, payload, results) -> None:
         # Pickling here copies tensors into the message; the queue's own
         # pickler would share their memory, which dies with this process.
         message = ("ok", cloudpickle.dumps(fn(rank, world_size, *args)))
-    except BaseException:  # noqa: B036 - report anything, the parent decides
-        message = ("error", traceback.format_exc())
+    except BaseException as err:  # noqa: B036 - report anything, the parent decides
+        kind = (type(err).__name__, str(err)[:2000], traceback.format_exc())
+        message = ("error", kind)
     results.put((rank, *message))  # before cleanup, which may block or fail
     results.close()
     results.join_thread()  # in the pipe before peers see this process go
@@ -135,11 +136,39 @@ def _stop(processes) -> None:
             p.join()
 
 
+class WorkerError(RuntimeError):
+    """A worker of :func:`launch` raised: which rank, what it raised, where.
+
+    ``rank``; ``type_name`` and ``message``, the worker's exception type and
+    text (e.g. ``"NotImplementedError"``); ``traceback``, its formatted
+    traceback; ``others``, the ranks that failed after it (usually because
+    their peer was gone).
+    """
+
+    def __init__(self, rank: int, type_name: str, message: str, traceback: str,
+                 others: tuple = ()):  # fmt: skip
+        also = f" (then rank {', '.join(map(str, others))})" if others else ""
+        super().__init__(
+            f"launch: worker rank {rank} failed{also}: {type_name}: {message}\n"
+            f"{traceback}"
+        )
+        self.rank, self.type_name, self.message = rank, type_name, message
+        self.traceback, self.others = traceback, tuple(others)
+
+
+class WorkerTimeout(WorkerError):
+    """A worker had not finished after ``launch``'s ``timeout`` seconds."""
+
+
+class WorkerDied(WorkerError):
+    """A worker exited without reporting (segfault, out of memory, os._exit)."""
+
+
 def _died_silently(processes, done: dict, errors: dict) -> dict:
     # A worker that reported has flushed its message before exiting, so a dead
     # worker without a message died hard (segfault, out of memory, os._exit).
     return {
-        rank: f"exited with code {p.exitcode} without reporting"
+        rank: ("WorkerDied", f"exited with code {p.exitcode} without reporting", "")
         for rank, p in enumerate(processes)
         if rank not in done and rank not in errors and p.exitcode not in (None, 0)
     }
@@ -165,7 +194,9 @@ def _collect(processes, results, timeout: float) -> tuple[dict, dict]:
             errors.update(_died_silently(processes, done, errors))
         if time.monotonic() > deadline:
             late = [r for r in range(len(processes)) if r not in done]
-            errors.update({r: f"timed out after {timeout} s" for r in late})
+            errors.update(
+                {r: ("WorkerTimeout", f"timed out after {timeout} s", "") for r in late}
+            )
     # Once one worker fails its peers fail too ("connection reset by peer"):
     # give the cause a moment to arrive or to show as a dead process.
     time.sleep(0.2 if errors else 0)
@@ -188,8 +219,10 @@ def launch(fn: Callable, world_size: int, *args, timeout: float = 120) -> list:
 
     If a worker raises, or has not finished after ``timeout`` seconds, every
     worker is stopped at once (its peers may be blocked in a collective that
-    will never complete) and a ``RuntimeError`` gives the failing rank and its
-    traceback. No process outlives the call. ``fn`` may be defined in a
+    will never complete) and a :class:`WorkerError` (a ``RuntimeError``;
+    :class:`WorkerTimeout` or :class:`WorkerDied` for those cases) gives the
+    failing rank, its exception type and message, and its traceback. No
+    process outlives the call. ``fn`` may be defined in a
     notebook: ``cloudpickle`` sends functions of ``__main__`` by value (with
     the globals they use) and functions of modules by name; the module must
     then be importable in the workers.
@@ -216,9 +249,11 @@ def launch(fn: Callable, world_size: int, *args, timeout: float = 120) -> list:
         results.join_thread()
     if errors:  # the first is the likely cause
         first, *others = errors
-        report = "\n".join(f"--- rank {r}:\n{text}" for r, text in errors.items())
-        also = f" (then rank {', '.join(map(str, others))})" if others else ""
-        raise RuntimeError(f"launch: worker rank {first} failed{also}\n{report}")
+        type_name, message, trace = errors[first]
+        kind = {"WorkerTimeout": WorkerTimeout, "WorkerDied": WorkerDied}
+        raise kind.get(type_name, WorkerError)(
+            first, type_name, message, trace, tuple(others)
+        )
     return [pickle.loads(done[r]) for r in range(world_size)]
 
 

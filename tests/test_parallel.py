@@ -23,6 +23,9 @@ from course_lib.models import MLP
 from course_lib.parallel import (
     AllReduceBatchNorm,
     DDPConfig,
+    WorkerDied,
+    WorkerError,
+    WorkerTimeout,
     accumulate_gradients,
     average_gradients,
     backend_for,
@@ -152,6 +155,10 @@ def test_launch_fails_fast_and_cleans_up():
         launch(_fail_on_rank_1, 2)
     assert time.monotonic() - start < 30
     assert "boom" in str(info.value) and "ValueError" in str(info.value)
+    error = info.value
+    assert isinstance(error, WorkerError) and not isinstance(error, WorkerTimeout)
+    assert (error.rank, error.type_name, error.message) == (1, "ValueError", "boom")
+    assert "_fail_on_rank_1" in error.traceback
     assert _no_children_left()
 
 
@@ -159,12 +166,13 @@ def test_launch_reports_a_worker_that_dies_without_a_word():
     with pytest.raises(RuntimeError, match="rank 1 failed") as info:
         launch(_die_on_rank_1, 2)
     assert "exited with code 3" in str(info.value)
+    assert isinstance(info.value, WorkerDied) and info.value.rank == 1
     assert _no_children_left()
 
 
 def test_launch_kills_workers_past_timeout():
     start = time.monotonic()
-    with pytest.raises(RuntimeError, match="timed out"):
+    with pytest.raises(WorkerTimeout, match="timed out"):
         launch(_sleep, 2, 300, timeout=3)
     assert time.monotonic() - start < 30
     assert _no_children_left()
