@@ -1,32 +1,41 @@
 """Checks for lab answers: run a student's function and say what is wrong.
 
-A lab question is a :class:`Question`: the name of the function the student
-writes, a ``run`` harness that calls such a function on one case's inputs and
-returns its outputs (tensors, numbers, strings, lists or dicts of them), the
-reference implementation, and the cases (public ones, shown in the notebook,
-and hidden ones drawn from a seed at grading time).
+A lab is one module that declares its questions with :func:`declare` and
+nothing else. A :class:`Question` names the function the student writes, a
+``run`` harness that calls such a function on one case's inputs and returns
+its outputs (tensors, numbers, strings, lists or dicts of them), the
+reference (a correct function, or ``expected``, the outputs computed straight
+from the inputs), the public cases shown in the notebook, the hidden cases
+drawn from a seed at grading time, tolerances, hints, and the objects the
+answer may not use (``forbidden``).
 
 The same pieces serve two places:
 
-- inline, ``check(question, student_fn)`` runs the public cases in the
-  notebook and prints what was expected, what came back and where they
-  differ; it never raises, so the notebook always runs to the end;
+- inline, ``check_qN(student_fn)`` (made by :func:`declare`) runs the public
+  cases in the notebook and prints what was expected, what came back and
+  where they differ; it never raises, so the notebook always runs to the end;
 - in grading (:mod:`course_lib.labs.grade`), the student's outputs are
-  computed in the student's kernel but compared here, in the grader's own
+  computed from the submission but compared here, in the grader's own
   process, where nothing the notebook patched has any effect.
 """
 
 from __future__ import annotations
 
+import keyword
 import math
+import re
+import sys
+import sysconfig
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 Inputs = dict
 Case = tuple[str, Inputs]  # (label shown to the student, inputs of the run)
+_MAX_SHOWN = 120  # characters of a value quoted in a message
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,7 @@ class Question:
     function: str  # the name the student's function must have
     title: str
     run: Callable[[Callable, Inputs], object]  # (fn, inputs) -> outputs
-    reference: Callable  # the correct function, passed to ``run``
+    reference: Callable  # a correct function, passed to ``run``
     public_cases: Callable[[], list[Case]]
     hidden_cases: Callable[[int], list[Case]]  # seed -> cases
     points: float = 1.0
@@ -46,6 +55,45 @@ class Question:
     hints: dict = field(default_factory=dict)  # exception type name -> hint
     # (expected, actual, rtol, atol) -> message or None; default: :func:`compare`
     explain: Callable | None = None
+    # inputs -> the right outputs, when they are not ``run(reference, inputs)``
+    # (e.g. the pattern a learning curve was made to show)
+    expected: Callable[[Inputs], object] | None = None
+    # dotted names of what already computes the answer ("torch.optim.Adam")
+    forbidden: tuple[str, ...] = ()
+
+    def expected_outputs(self, inputs: Inputs):
+        """The outputs a right answer gives on ``inputs``."""
+        if self.expected is not None:
+            return self.expected(inputs)
+        return self.run(self.reference, inputs)
+
+
+def declare(module_name: str, questions: list[Question]) -> dict[str, Question]:
+    """Register a lab's questions; define ``check_q1``, ... in its module.
+
+    A lab module ends with ``QUESTIONS = declare(__name__, [Question(...), ...])``:
+    keys must be ``q1, q2, ...`` in order, function names valid identifiers,
+    points positive. Returns ``{key: question}``.
+    """
+    keys = [q.key for q in questions]
+    if keys != [f"q{i}" for i in range(1, len(questions) + 1)]:
+        raise ValueError(f"question keys must be q1, q2, ... in order, got {keys}")
+    for q in questions:
+        if not q.function.isidentifier() or keyword.iskeyword(q.function):
+            raise ValueError(f"{q.key}: function must be a name, got {q.function!r}")
+        if not q.points > 0:
+            raise ValueError(f"{q.key}: points must be > 0, got {q.points!r}")
+        bad = [name for name in q.forbidden if not _is_dotted(name)]
+        if bad:
+            raise ValueError(f"{q.key}: forbidden must hold dotted names, got {bad}")
+    module = sys.modules[module_name]
+    for q in questions:
+        setattr(module, f"check_{q.key}", check_function(q))
+    return {q.key: q for q in questions}
+
+
+def _is_dotted(name) -> bool:
+    return isinstance(name, str) and all(p.isidentifier() for p in name.split("."))
 
 
 class NotImplementedYet(Exception):
@@ -57,22 +105,85 @@ class NoAnswer(Exception):
 
 
 class StudentError(Exception):
-    """An exception the student's code raised in another process (grading)."""
+    """An exception the student's code raised, by type name and message."""
 
     def __init__(self, type_name: str, message: str):
         super().__init__(f"{type_name}: {message}")
         self.type_name = type_name
 
 
+# Code in these folders is not the student's: torch, course_lib, the stdlib and
+# installed packages. A traceback's last frame outside them is the student's line.
+_NOT_STUDENT = tuple(
+    str(path)
+    for path in (
+        Path(torch.__file__).parent,
+        Path(__file__).parents[1],
+        sysconfig.get_paths()["stdlib"],
+        sysconfig.get_paths()["purelib"],
+        sysconfig.get_paths()["platlib"],
+    )
+)
+
+
+def student_line(tb) -> str:
+    """``"line N: <code>"`` of the innermost frame of ``tb`` in the student's code."""
+    frames = traceback.extract_tb(tb)
+    mine = [f for f in frames if not f.filename.startswith(_NOT_STUDENT)]
+    if not mine:  # e.g. the harness could not use what the function returned
+        return "the check's harness, on what your function returned"
+    return f"line {mine[-1].lineno}: {(mine[-1].line or '').strip()}"
+
+
+_FRAME = re.compile(r'File "([^"]+)", line (\d+), in [^\n]*\n((?: {4}[^\n]*)?)')
+
+
+def _line_in_text(text: str) -> str:
+    """:func:`student_line` for a traceback that arrived as text."""
+    frames = _FRAME.findall(text)
+    mine = [f for f in frames if not f[0].startswith(_NOT_STUDENT)]
+    if not mine:
+        return "the check's harness, on what your function returned"
+    _, lineno, line = mine[-1]
+    return f"line {lineno}: {line.strip()}"
+
+
 def run_one(question: Question, fn: Callable, inputs: Inputs):
-    """The outputs of ``fn`` on one case, or an ``Exception`` describing the failure."""
+    """The outputs of ``fn`` on one case, or an ``Exception`` describing the failure.
+
+    A stub's ``NotImplementedError`` becomes :class:`NotImplementedYet`; any
+    other exception a :class:`StudentError` that names the student's own line
+    (not the innermost frame, which is often inside torch).
+    """
     try:
         return question.run(fn, inputs)
     except NotImplementedError:
         return NotImplementedYet(f"{question.function} is not implemented yet")
     except Exception as err:  # noqa: BLE001 - any student error is a finding
-        where = traceback.extract_tb(err.__traceback__)[-1]
-        return type(err)(f"{err} (raised at line {where.lineno}: {where.line})")
+        # A worker's error (course_lib.parallel.WorkerError) carries its type
+        # name, message and traceback text from the other process.
+        type_name = getattr(err, "type_name", type(err).__name__)
+        text = shorten(getattr(err, "message", None) or str(err), 300)
+        tb = getattr(err, "traceback", None)
+        where = _line_in_text(tb) if isinstance(tb, str) else student_line(
+            err.__traceback__
+        )  # fmt: skip
+        return StudentError(type_name, f"{text} (raised at {where})")
+
+
+def shorten(text: str, limit: int = _MAX_SHOWN) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _shown(value) -> str:
+    try:
+        return shorten(repr(value))
+    except Exception:  # noqa: BLE001 - a value whose repr fails
+        return f"<a {type(value).__name__}>"
 
 
 def compare(
@@ -94,8 +205,9 @@ def compare(
         return None
     if isinstance(expected, dict):
         if not isinstance(actual, dict) or set(actual) != set(expected):
-            got = sorted(actual) if isinstance(actual, dict) else type(actual).__name__
-            return f"expected keys {sorted(expected)}{at}, got {got}"
+            got = sorted(map(str, actual)) if isinstance(actual, dict) else None
+            got = got if got is not None else type(actual).__name__
+            return f"expected keys {sorted(expected)}{at}, got {shorten(str(got))}"
         for k in expected:
             problem = compare(
                 expected[k], actual[k], rtol=rtol, atol=atol, path=f"{path}[{k!r}]"
@@ -104,39 +216,52 @@ def compare(
                 return problem
         return None
     if isinstance(expected, float):
-        if isinstance(actual, bool) or not isinstance(actual, (int, float)):
-            return f"expected a number{at}, got {type(actual).__name__} {actual!r}"
-        if math.isclose(actual, expected, rel_tol=rtol, abs_tol=atol):
-            return None
-        gap = actual - expected
-        return f"expected {expected!r}{at}, got {actual!r} (difference {gap:.3g})"
-    if actual != expected or type(actual) is not type(expected):
-        return f"expected {expected!r}{at}, got {actual!r}"
+        return _compare_numbers(expected, actual, rtol=rtol, atol=atol, at=at)
+    if type(actual) is not type(expected) or actual != expected:
+        return f"expected {_shown(expected)}{at}, got {_shown(actual)}"
     return None
 
 
-def _compare_tensors(expected, actual, *, rtol, atol, at) -> str | None:
+def _compare_numbers(expected: float, actual, *, rtol, atol, at) -> str | None:
+    if isinstance(actual, bool) or not isinstance(actual, (int, float)):
+        return f"expected a number{at}, got {type(actual).__name__} {_shown(actual)}"
+    try:
+        actual = float(actual)
+    except OverflowError:
+        return f"expected {expected!r}{at}, got an integer too large for a float"
+    if math.isclose(actual, expected, rel_tol=rtol, abs_tol=atol) or (
+        math.isnan(actual) and math.isnan(expected)
+    ):
+        return None
+    gap = actual - expected
+    return f"expected {expected!r}{at}, got {actual!r} (difference {gap:.3g})"
+
+
+def tensor_mismatch(expected, actual, at: str = "") -> str | None:
+    """Why ``actual`` cannot be compared with the tensor ``expected``, or None."""
     if not isinstance(actual, torch.Tensor):
         return f"expected a tensor{at}, got {type(actual).__name__}"
     if actual.shape != expected.shape:
         return f"expected shape {tuple(expected.shape)}{at}, got {tuple(actual.shape)}"
     if actual.dtype != expected.dtype:
         return f"expected dtype {expected.dtype}{at}, got {actual.dtype}"
-    try:
-        torch.testing.assert_close(
-            actual, expected, rtol=rtol, atol=atol, equal_nan=True
-        )
+    return None
+
+
+def _compare_tensors(expected, actual, *, rtol, atol, at) -> str | None:
+    problem = tensor_mismatch(expected, actual, at)
+    if problem:
+        return problem
+    close = torch.isclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
+    if bool(close.all()):
         return None
-    except AssertionError:
-        pass
     diff = (actual.double() - expected.double()).abs().nan_to_num(math.inf)
+    diff[close] = 0  # the largest difference among the elements that are off
     flat = int(diff.flatten().argmax())
     index = tuple(
         int(i) for i in torch.unravel_index(torch.tensor(flat), expected.shape)
     )
-    bad = int(
-        (~torch.isclose(actual, expected, rtol=rtol, atol=atol, equal_nan=True)).sum()
-    )
+    bad = int((~close).sum())
     return (
         f"values differ{at}: {bad} of {expected.numel()} elements are off; the largest "
         f"difference is at index {index}: expected {expected[index].item():.6g}, "
@@ -145,36 +270,52 @@ def _compare_tensors(expected, actual, *, rtol, atol, at) -> str | None:
 
 
 def judge(question: Question, expected, actual) -> str | None:
-    """None if right; else why not (also for an exception the student's code raised)."""
+    """None if right; else why not (also for an exception the student's code raised).
+
+    Never raises: an answer that cannot even be compared is a wrong answer.
+    """
     if isinstance(actual, (NotImplementedYet, NoAnswer)):
         return str(actual)
-    if isinstance(actual, StudentError):  # raised in the student's kernel
-        type_name, text = actual.type_name, str(actual)
-    elif isinstance(actual, Exception):  # raised here, by an inline check
-        type_name = type(actual).__name__
-        text = f"{type_name}: {actual}"
-    else:
-        explain = question.explain or compare
+    if isinstance(actual, Exception):
+        type_name = getattr(actual, "type_name", type(actual).__name__)
+        text = str(actual) if isinstance(actual, StudentError) else (
+            f"{type_name}: {actual}"
+        )  # fmt: skip
+        hint = question.hints.get(type_name, "")
+        return f"your code raised {text}" + (f" ({hint})" if hint else "")
+    explain = question.explain or compare
+    try:
         return explain(expected, actual, rtol=question.rtol, atol=question.atol)
-    hint = question.hints.get(type_name, "")
-    return f"your code raised {text}" + (f" ({hint})" if hint else "")
+    except Exception as err:  # noqa: BLE001 - e.g. an exotic object as the answer
+        return f"the answer could not be compared ({type(err).__name__}: {err})"
 
 
 def check(question: Question, fn) -> bool:
     """Run the public cases of ``question`` on ``fn`` and print the verdict.
 
-    Returns True if every case passed. Never raises: whatever goes wrong is
-    reported as a failed check, so the rest of the notebook still runs.
+    Returns True if every case passed. Never raises (but lets an interrupt
+    through): whatever goes wrong is reported as a failed check, so the rest
+    of the notebook still runs.
     """
-    name = getattr(fn, "__name__", repr(fn))
     header = f"{question.key} ({question.title})"
+    try:
+        return _check(question, fn, header)
+    except Exception as err:  # noqa: BLE001 - the promise: a check never raises
+        reason = f"{type(err).__name__}: {shorten(str(err))}"
+        print(f"[FAIL] {header}: the check could not run ({reason}); rerun the "
+              "lab's import cell and try again")  # fmt: skip
+        return False
+
+
+def _check(question: Question, fn, header: str) -> bool:
     if not callable(fn):
         print(f"[FAIL] {header}: expected a function, got {type(fn).__name__}")
         return False
+    name = getattr(fn, "__name__", None) or question.function
     failures = []
     cases = question.public_cases()
     for label, inputs in cases:
-        expected = question.run(question.reference, inputs)
+        expected = question.expected_outputs(inputs)
         actual = run_one(question, fn, inputs)
         if isinstance(actual, NotImplementedYet):
             print(f"[FAIL] {header}: {actual}")
@@ -188,20 +329,6 @@ def check(question: Question, fn) -> bool:
     print(f"[FAIL] {header}: {len(failures)} of {len(cases)} cases failed")
     print("\n".join(failures))
     return False
-
-
-def parameter_names(model: torch.nn.Module) -> list[str]:
-    """Names of ``model``'s parameters flattened in order: '0.weight[2, 1]', ...
-
-    Feedback can then say which weight differs instead of a flat index.
-    """
-    names = []
-    for name, p in model.named_parameters():
-        for index in torch.cartesian_prod(*[torch.arange(n) for n in p.shape]).reshape(
-            -1, p.dim()
-        ):
-            names.append(f"{name}[{', '.join(str(int(i)) for i in index)}]")
-    return names
 
 
 def check_function(question: Question) -> Callable[[object], bool]:

@@ -7,17 +7,21 @@
 1. executes the notebook afresh with nbclient in a temporary folder, with a
    per-cell timeout, carrying on past errors (a syntax error or an endless loop
    costs the cells it breaks, not the whole submission);
-2. appends one extraction cell per question that re-imports ``course_lib``
-   (undoing any monkeypatching the notebook did), runs the student's function
-   on the public and hidden cases, and saves its outputs with ``torch.save``;
+2. appends one extraction cell per question (:func:`extraction_cell`) that
+   re-imports ``course_lib`` (undoing any monkeypatching of it the notebook
+   did) and calls :func:`write_answers`, which runs the student's function on
+   the public and hidden cases and saves its outputs with ``torch.save``;
 3. loads those outputs here, in the grader's own process, and compares them
    with the reference outputs computed here, so that nothing a notebook
    patched (``torch.allclose``, ``assert_close``, the check functions) can
    change a verdict.
 
-It writes ``grades.csv`` (one row per submission, one column per question) and
-``grades.json`` (every case's verdict and message) and prints one line per
-student. Submissions run as the grading user: grade untrusted work inside a
+Notebooks are graded ``--jobs`` at a time (default: the number of cores), each
+in its own kernel. It writes ``grades.csv`` (one row per submission, one
+column per question) and ``grades.json`` (every case's verdict and message)
+and prints one line per student. Bad arguments (an unknown lab, a folder
+that does not exist or holds no notebooks) get one line and exit status 2.
+Submissions run as the grading user: grade untrusted work inside a
 container or VM.
 """
 
@@ -26,9 +30,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import multiprocessing
+import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,30 +45,47 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from . import get_lab
-from .checks import NoAnswer, NotImplementedYet, StudentError, judge
+from .checks import NoAnswer, NotImplementedYet, StudentError, judge, run_one
 
-EXTRACT = """\
-import sys as _sys
-for _name in [m for m in _sys.modules if m.split(".")[0] == "course_lib"]:
-    del _sys.modules[_name]  # a fresh import undoes any monkeypatching
-import torch as _torch
-from course_lib.labs import get_lab as _get_lab
-from course_lib.labs.checks import run_one as _run_one
-_question = _get_lab({lab!r}).QUESTIONS[{key!r}]
-_cases = _torch.load({cases!r}, weights_only=True)[{key!r}]
-_fn = globals().get({function!r})
-if _fn is None:
-    _missing = "no function named {function} in the notebook"
-    _answers = [{{"__error__": "NoAnswer", "message": _missing}}] * len(_cases)
-else:
-    _answers = []
-    for _inputs in _cases:
-        _out = _run_one(_question, _fn, _inputs)
-        if isinstance(_out, Exception):
-            _out = {{"__error__": type(_out).__name__, "message": str(_out)}}
-        _answers.append(_out)
-_torch.save(_answers, {answers!r})
-"""
+
+def extraction_cell(lab: str, key: str, cases: str, answers: str) -> str:
+    """The cell appended to a submission to write its answers to ``key``.
+
+    It drops every ``course_lib`` module the notebook imported (a fresh
+    import undoes monkeypatching of course_lib) and calls :func:`write_answers`.
+    """
+    call = f"write_answers({lab!r}, {key!r}, globals(), {cases!r}, {answers!r})"
+    return (
+        "import importlib as _importlib, sys as _sys\n"
+        "for _name in [m for m in _sys.modules if m.split('.')[0] == 'course_lib']:\n"
+        "    del _sys.modules[_name]\n"
+        f"_importlib.import_module('course_lib.labs.grade').{call}\n"
+    )
+
+
+def write_answers(lab: str, key: str, namespace: dict, cases: str, answers: str):
+    """Run the notebook's answer to ``key`` on every case; save the outputs.
+
+    ``namespace`` is the notebook's globals; the answer is the function named
+    as the question says. Each output, or the error it raised (as a plain
+    record), goes into the list saved with ``torch.save`` at ``answers``.
+    """
+    question = get_lab(lab).QUESTIONS[key]
+    inputs = torch.load(cases, weights_only=True)[key]
+    fn = namespace.get(question.function)
+    if not callable(fn):
+        missing = f"no function named {question.function} in the notebook"
+        outputs = [{"__error__": "NoAnswer", "message": missing}] * len(inputs)
+    else:
+        outputs = [_record(run_one(question, fn, case)) for case in inputs]
+    torch.save(outputs, answers)
+
+
+def _record(output):
+    if isinstance(output, Exception):
+        kind = getattr(output, "type_name", type(output).__name__)
+        return {"__error__": kind, "message": str(output)}
+    return output
 
 
 @dataclass
@@ -93,7 +117,8 @@ def _unpack(answer):
             return NotImplementedYet(message)
         if kind == "NoAnswer":
             return NoAnswer(message)
-        return StudentError(kind, message)
+        prefix = f"{kind}: "  # StudentError's text already starts with its type
+        return StudentError(kind, message.removeprefix(prefix))
     return answer
 
 
@@ -152,11 +177,8 @@ def grade_notebook(
             nb, result.errors = None, [f"not a readable notebook: {err}"]
         if nb is not None:
             own_cells = len(nb.cells)
-            for key, q in questions.items():
-                source = EXTRACT.format(
-                    lab=lab, key=key, function=q.function, cases="cases.pt",
-                    answers=f"answers_{key}.pt",
-                )  # fmt: skip
+            for key in questions:
+                source = extraction_cell(lab, key, "cases.pt", f"answers_{key}.pt")
                 nb.cells.append(nbformat.v4.new_code_cell(source))
             result.errors = _execute(nb, workdir, cell_timeout)
             result.printed = _printed(nb.cells[:own_cells])
@@ -194,27 +216,52 @@ def prepare(lab: str, seed: int):
     questions = get_lab(lab).QUESTIONS
     cases = {k: q.public_cases() + q.hidden_cases(seed) for k, q in questions.items()}
     expected = {
-        k: [q.run(q.reference, inputs) for _, inputs in cases[k]]
+        k: [q.expected_outputs(inputs) for _, inputs in cases[k]]
         for k, q in questions.items()
     }
     # Only the inputs travel to the student's kernel; labels stay here.
     return cases, expected
 
 
-def grade_folder(lab: str, folder: Path, *, seed: int = 0, cell_timeout: int = 60):
-    get_lab(lab)  # a wrong lab name fails before any work
+def submissions(folder: Path) -> list[Path]:
+    """Every ``*.ipynb`` below ``folder`` (not Jupyter's checkpoints), sorted."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"SUBMISSIONS must be a folder, got {str(folder)!r}")
     notebooks = sorted(
         p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
     )
     if not notebooks:
-        raise ValueError(f"SUBMISSIONS folder {folder} holds no .ipynb files")
+        raise ValueError(f"SUBMISSIONS folder {str(folder)!r} holds no .ipynb files")
+    return notebooks
+
+
+def grade_folder(
+    lab: str, folder: Path, *, seed: int = 0, cell_timeout: int = 60,
+    jobs: int | None = None,
+):  # fmt: skip
+    """Grade every notebook in ``folder``, ``jobs`` at a time (default: cores)."""
+    get_lab(lab)  # a wrong lab name fails before any work
+    notebooks = submissions(folder)
+    jobs = (os.cpu_count() or 1) if jobs is None else jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     cases, expected = prepare(lab, seed)
-    results = []
-    for path in notebooks:
-        result = grade_notebook(lab, path, cases, expected, cell_timeout)
-        results.append(result)
-        print(summary_line(result), flush=True)
+    args = (cases, expected, cell_timeout)
+    if jobs == 1 or len(notebooks) == 1:
+        results = [grade_notebook(lab, path, *args) for path in notebooks]
+        for result in results:
+            print(summary_line(result), flush=True)
+        return results
+    # Each notebook runs in its own kernel; the kernels are driven from worker
+    # processes (spawned: the caller may have threads) so they run side by side.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(notebooks)), mp_context=context) as pool:
+        futures = [pool.submit(grade_notebook, lab, p, *args) for p in notebooks]
+        results = []
+        for future in futures:
+            results.append(future.result())
+            print(summary_line(results[-1]), flush=True)
     return results
 
 
@@ -257,10 +304,22 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="default: SUBMISSIONS/grades")
     parser.add_argument("--seed", type=int, default=0, help="draws the hidden cases")
     parser.add_argument("--cell-timeout", type=int, default=60, help="seconds per cell")
-    args = parser.parse_args(argv)
-    results = grade_folder(
-        args.lab, args.submissions, seed=args.seed, cell_timeout=args.cell_timeout
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="notebooks graded at once (cores)"
     )
+    args = parser.parse_args(argv)
+    try:
+        get_lab(args.lab)
+        submissions(args.submissions)
+        if args.jobs is not None and args.jobs < 1:
+            raise ValueError(f"--jobs must be a positive integer, got {args.jobs}")
+    except ValueError as err:
+        print(f"grade: {err}", file=sys.stderr)
+        return 2
+    results = grade_folder(
+        args.lab, args.submissions, seed=args.seed, cell_timeout=args.cell_timeout,
+        jobs=args.jobs,
+    )  # fmt: skip
     out = args.out or args.submissions / "grades"
     write_reports(results, out)
     print(f"wrote {out / 'grades.csv'} and {out / 'grades.json'}")

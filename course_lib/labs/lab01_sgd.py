@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import random
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 from ..diagnose import PATHOLOGIES, RECIPES, demo_run, diagnose
 from ..schedules import Cosine, StepDecay, Warmup
 from ..train import minibatch_indices, minibatch_sgd, sgd_step
-from .checks import Question, check_function
+from .checks import Question, declare
+from .harness import tiny_batches, tiny_net
 
 # --- q1: the batches of one epoch
 
@@ -50,22 +52,9 @@ def _indices_hidden(seed):
 # --- q2: one SGD step
 
 
-def _tiny_model(seed: int, d_in: int = 5, classes: int = 3):
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(d_in, 8), torch.nn.Tanh(), torch.nn.Linear(8, classes)
-    ).double()
-
-
-def _tiny_data(seed: int, n: int, d_in: int = 5, classes: int = 3):
-    g = torch.Generator().manual_seed(seed + 1000)
-    X = torch.randn(n, d_in, generator=g, dtype=torch.float64)
-    return X, torch.randint(0, classes, (n,), generator=g)
-
-
 def _run_step(fn, inputs):
-    model = _tiny_model(inputs["seed"])
-    X, y = _tiny_data(inputs["seed"], inputs["n"])
+    model = tiny_net(inputs["seed"])
+    X, y = tiny_batches(inputs["seed"], (inputs["n"],))
     for _ in range(inputs.get("repeats", 1)):
         loss = fn(model, F.cross_entropy, X, y, inputs["lr"])
     params = [p.detach().clone() for p in model.parameters()]
@@ -81,8 +70,8 @@ def _step_case(n, lr, seed=0, repeats=1):
 
 
 def _run_train(fn, inputs):
-    model = _tiny_model(inputs["seed"])
-    X, y = _tiny_data(inputs["seed"], inputs["n"])
+    model = tiny_net(inputs["seed"])
+    X, y = tiny_batches(inputs["seed"], (inputs["n"],))
     kwargs = {k: inputs[k] for k in ("lr", "batch_size", "num_epochs", "seed")}
     losses = fn(model, X, y, **kwargs)
     params = [p.detach().clone() for p in model.parameters()]
@@ -131,25 +120,55 @@ def _schedule_case(num_steps, **args):
 
 # --- q7: naming a learning curve
 
+# What a student's function may read of a run (the notebook documents these).
+HISTORY_FIELDS = ("step_loss", "steps_per_epoch", "train_loss", "val_loss")
 
-@functools.lru_cache(maxsize=4)
-def _histories(seed: int) -> tuple:
+# The settings each pathology's run takes on a hidden seed (one is drawn per
+# setting): other learning rates, lengths and batch sizes than the public run,
+# so that a rule must read the curve's shape, not its length or scale.
+# ``tests/test_labs.py`` checks that each drawn run shows its pattern.
+VARIATIONS = {
+    "diverging": dict(lr=(10.0, 20.0), batch_size=(50, 100)),
+    "not_training": dict(lr=(5e-4, 1e-3), batch_size=(50, 100)),
+    "unshuffled_cycles": dict(lr=(0.3, 0.5), epochs=(15, 20, 25)),
+    "slow_start": dict(lr=(0.3, 0.5), epochs=(20, 25)),
+    "overfitting": dict(epochs=(50, 60, 70), n_train=(400, 500)),
+    "not_converged": dict(epochs=(8, 10, 12)),
+    "healthy": dict(lr=(0.3, 0.5), epochs=(15, 20)),
+}
+
+
+def variation(pathology: str, seed: int) -> dict:
+    """The settings of ``pathology``'s run on hidden seed ``seed``."""
+    rng = random.Random(f"{pathology}-{seed}")
+    return {k: rng.choice(v) for k, v in VARIATIONS[pathology].items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _histories(seed: int, varied: bool = False) -> tuple:
     """One real run per pathology (MNIST-1D, see course_lib.diagnose.RECIPES).
 
-    Cached on disk next to MNIST-1D, keyed by everything that shapes the runs
-    (seed, recipes, torch version), so that grading a folder of notebooks
-    trains them once rather than once per notebook.
+    Only :data:`HISTORY_FIELDS` are kept: the others (learning rates, why a run
+    stopped) would name the recipe without reading the curve. Cached on disk
+    next to MNIST-1D, keyed by everything that shapes the runs, so that
+    grading a folder of notebooks trains them once rather than once per
+    notebook.
     """
     from ..data import cache_dir, load_dataset
 
-    key = hashlib.sha1(repr((seed, RECIPES, torch.__version__)).encode()).hexdigest()
+    settings = {n: variation(n, seed) if varied else {} for n in PATHOLOGIES}
+    spec = (seed, RECIPES, settings, HISTORY_FIELDS, torch.__version__)
+    key = hashlib.sha1(repr(spec).encode()).hexdigest()
     path = cache_dir() / f"lab01-histories-{key[:16]}.json"
     try:
         return tuple(tuple(item) for item in json.loads(path.read_text()))
     except (OSError, ValueError):
         pass
     splits = load_dataset("mnist1d")
-    runs = [[name, demo_run(splits, name, seed=seed).as_dict()] for name in PATHOLOGIES]
+    runs = []
+    for name in PATHOLOGIES:
+        history = demo_run(splits, name, seed=seed, **settings[name]).as_dict()
+        runs.append([name, {k: history[k] for k in HISTORY_FIELDS}])
     try:  # write, then rename: a reader in another process never sees half a file
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -166,18 +185,29 @@ def given_histories(seed: int = 0) -> dict:
 
 
 def _run_diagnosis(fn, inputs):
-    return str(fn(inputs["history"]))
+    return str(fn(dict(inputs["history"])))
 
 
 def _diagnosis_reference(history):
     return diagnose(history).name
 
 
-def _diagnosis_cases(seed):
-    return [
-        (f"the {name} run (seed {seed})", dict(history=h))
-        for name, h in _histories(seed)
+def _produced_pattern(inputs) -> str:
+    """The pattern the run was made to show (not what a rule makes of it)."""
+    for name, history in _histories(inputs["seed"], inputs["varied"]):
+        if history == inputs["history"]:
+            return name
+    raise ValueError("not one of the lab's runs")
+
+
+def _diagnosis_cases(seed: int, varied: bool = False):
+    cases = [
+        (f"the {name} run (seed {seed})", dict(history=h, seed=seed, varied=varied))
+        for name, h in _histories(seed, varied)
     ]
+    if varied:  # in an order of its own, so counting calls gives nothing away
+        random.Random(seed).shuffle(cases)
+    return cases
 
 
 def _q1_public():
@@ -206,13 +236,18 @@ def _q3_hidden(seed):
 
 
 _SCHEDULE_TOLERANCE = dict(rtol=1e-9, atol=1e-12)
-_QUESTION_LIST = [
+QUESTIONS = declare(__name__, [
     Question(
         "q1", "minibatch_indices", "the batches of one epoch",
         run=_run_indices, reference=minibatch_indices,
         public_cases=_q1_public, hidden_cases=_indices_hidden,
         points=2, rtol=0, atol=0,
         hints={"TypeError": "the signature is (n, batch_size, *, shuffle, generator)"},
+        forbidden=(
+            "course_lib.train.minibatch_indices", "course_lib.data.make_loader",
+            "torch.utils.data.DataLoader", "torch.utils.data.BatchSampler",
+            "torch.utils.data.RandomSampler", "torch.utils.data.SubsetRandomSampler",
+        ),
     ),
     Question(
         "q2", "sgd_step", "one SGD step", run=_run_step, reference=sgd_step,
@@ -223,12 +258,20 @@ _QUESTION_LIST = [
         ],
         hidden_cases=_q2_hidden, points=2, rtol=1e-10, atol=1e-12,
         hints={"RuntimeError": "update the weights inside `with torch.no_grad():`"},
+        forbidden=(
+            "torch.optim.SGD", "course_lib.train.sgd_step", "course_lib.optim.SGD",
+        ),
     ),
     Question(
         "q3", "train", "the mini-batch SGD loop", run=_run_train,
         reference=_train_reference,
         public_cases=lambda: [_train_case(20, 5, 1), _train_case(23, 5, 2, seed=3)],
         hidden_cases=_q3_hidden, points=2, rtol=1e-10, atol=1e-12,
+        forbidden=(
+            "course_lib.train.minibatch_sgd", "course_lib.train.fit",
+            "course_lib.train.minibatch_indices", "course_lib.train.sgd_step",
+            "torch.optim.SGD", "course_lib.optim.SGD", "torch.utils.data.DataLoader",
+        ),
     ),
     Question(
         "q4", "step_decay", "step decay", run=_run_schedule,
@@ -242,6 +285,7 @@ _QUESTION_LIST = [
             _schedule_case(5, step_size=5, gamma=0.9),
         ],
         **_SCHEDULE_TOLERANCE,
+        forbidden=("course_lib.schedules.StepDecay", "torch.optim.lr_scheduler.StepLR"),
     ),
     Question(
         "q5", "cosine", "cosine decay", run=_run_schedule, reference=_cosine_reference,
@@ -252,6 +296,9 @@ _QUESTION_LIST = [
             _schedule_case(30, total_steps=17 + s % 5), _schedule_case(3, total_steps=1)
         ],
         **_SCHEDULE_TOLERANCE,
+        forbidden=(
+            "course_lib.schedules.Cosine", "torch.optim.lr_scheduler.CosineAnnealingLR",
+        ),
     ),
     Question(
         "q6", "warmup_cosine", "linear warm-up, then cosine", run=_run_schedule,
@@ -265,20 +312,18 @@ _QUESTION_LIST = [
             _schedule_case(5, warmup_steps=4, total_steps=5),
         ],
         **_SCHEDULE_TOLERANCE,
+        forbidden=(
+            "course_lib.schedules.Warmup", "course_lib.schedules.Cosine",
+            "torch.optim.lr_scheduler.CosineAnnealingLR",
+            "torch.optim.lr_scheduler.LinearLR",
+            "torch.optim.lr_scheduler.SequentialLR",
+        ),
     ),
     Question(
         "q7", "diagnose_curve", "naming a learning curve", run=_run_diagnosis,
-        reference=_diagnosis_reference, public_cases=lambda: _diagnosis_cases(0),
-        hidden_cases=lambda s: _diagnosis_cases(100 + s % 1000), points=3,
+        reference=_diagnosis_reference, expected=_produced_pattern,
+        public_cases=lambda: _diagnosis_cases(0),
+        hidden_cases=lambda s: _diagnosis_cases(100 + s % 1000, varied=True),
+        points=3, forbidden=("course_lib.diagnose.diagnose",),
     ),
-]  # fmt: skip
-QUESTIONS = {q.key: q for q in _QUESTION_LIST}
-
-
-check_q1 = check_function(QUESTIONS["q1"])
-check_q2 = check_function(QUESTIONS["q2"])
-check_q3 = check_function(QUESTIONS["q3"])
-check_q4 = check_function(QUESTIONS["q4"])
-check_q5 = check_function(QUESTIONS["q5"])
-check_q6 = check_function(QUESTIONS["q6"])
-check_q7 = check_function(QUESTIONS["q7"])
+])  # fmt: skip

@@ -16,43 +16,37 @@ from torch.nn.parallel import DistributedDataParallel
 
 from course_lib import parallel
 
-from .checks import Question, check_function, parameter_names
+from .checks import Question, compare, declare
+from .harness import (
+    first_mismatch,
+    flat_parameters,
+    parameter_names,
+    tiny_batches,
+    tiny_net,
+)
 
 _TIMEOUT = 60  # seconds for one multi-process case; a healthy one takes ~3
-
-
-def _model(seed: int, frozen: bool = False) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
-    ).double()
-    if frozen:  # a frozen first layer: its parameters get no gradient
-        model[0].requires_grad_(False)
-    return model
-
-
-def _batches(inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(inputs["seed"] + 100)
-    steps, batch = inputs["steps"], inputs["batch"]
-    X = torch.randn(steps, batch, 5, generator=g, dtype=torch.float64)
-    return X, torch.randint(0, 3, (steps, batch), generator=g)
+_NAMES = parameter_names(tiny_net(0))
 
 
 def _launch(worker, world_size: int, *args) -> list:
-    """``launch``, with a worker's failure turned into the student's error."""
+    """``launch``, with a stub in a worker turned into NotImplementedError.
+
+    Any other failure of a worker propagates as the typed error ``launch``
+    raises (:class:`course_lib.parallel.WorkerError`), whose type name,
+    message and traceback ``run_one`` reports as the student's error.
+    """
     try:
         return parallel.launch(worker, world_size, *args, timeout=_TIMEOUT)
-    except RuntimeError as err:
-        text = str(err)
-        if "NotImplementedError" in text:
+    except parallel.WorkerTimeout:
+        raise RuntimeError(
+            f"the workers did not finish in {_TIMEOUT} s: does every rank call "
+            "all_reduce on the same tensors, in the same order?"
+        ) from None
+    except parallel.WorkerError as err:
+        if err.type_name == "NotImplementedError":
             raise NotImplementedError from None
-        if "timed out" in text:
-            raise RuntimeError(
-                f"the workers did not finish in {_TIMEOUT} s: does every rank call "
-                "all_reduce on the same tensors, in the same order?"
-            ) from None
-        lines = [line for line in text.splitlines() if line.strip()]
-        raise RuntimeError(f"a worker failed: {lines[-1].strip()}") from None
+        raise
 
 
 # ------------------------------------------------------------------ q1: shards
@@ -77,16 +71,15 @@ def _shard_case(n, world_size):
 # ------------------------------------------------------------- q2: all-reduce
 
 
-def ddp(model):
-    """Reference marker: let ``DistributedDataParallel`` average the gradients."""
-    raise AssertionError("ddp is a marker for the harness, not a function to call")
-
-
 def _average_worker(rank, world_size, fn, inputs):
-    """Train on this rank's shards; parameters after every step, ``(steps, P)``."""
-    X, y = _batches(inputs)
-    model = _model(inputs["seed"], inputs["frozen"])
-    net = DistributedDataParallel(model) if fn is ddp else model
+    """Train on this rank's shards; parameters after every step, ``(steps, P)``.
+
+    ``fn`` is the student's ``average_gradients``, or ``None`` to let
+    ``DistributedDataParallel`` average the gradients (the reference run).
+    """
+    X, y = tiny_batches(inputs["seed"], (inputs["steps"], inputs["batch"]))
+    model = tiny_net(inputs["seed"], frozen_first=inputs["frozen"])
+    net = DistributedDataParallel(model) if fn is None else model
     optimizer = torch.optim.SGD(
         [p for p in net.parameters() if p.requires_grad], lr=inputs["lr"]
     )
@@ -95,10 +88,10 @@ def _average_worker(rank, world_size, fn, inputs):
     for X_b, y_b in zip(*shards, strict=True):
         optimizer.zero_grad()
         F.cross_entropy(net(X_b), y_b).backward()
-        if fn is not ddp:
+        if fn is not None:
             fn(model)
         optimizer.step()
-        rows.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        rows.append(flat_parameters(model))
     return torch.stack(rows)
 
 
@@ -107,23 +100,9 @@ def _run_average(fn, inputs):
     return torch.stack(_launch(_average_worker, inputs["world_size"], fn, inputs))
 
 
-def first_difference(expected, actual, *, rtol: float, atol: float) -> str | None:
-    """Which rank's weights first leave the DDP run, after which step, where."""
-    if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape:
-        got = tuple(actual.shape) if isinstance(actual, torch.Tensor) else type(actual)
-        return f"expected parameters of shape {tuple(expected.shape)}, got {got}"
-    close = torch.isclose(actual, expected, rtol=rtol, atol=atol)
-    if close.all():
-        return None
-    bad = torch.nonzero(~close)
-    step = int(bad[:, 1].min())
-    rank, _, k = (int(i) for i in bad[bad[:, 1] == step][0])
-    name = parameter_names(_model(0))[k]
-    return (
-        f"after step {step + 1}, rank {rank}'s parameter {name} differs from "
-        f"DDP's: expected {expected[rank, step, k].item():.10g}, got "
-        f"{actual[rank, step, k].item():.10g}"
-    )
+def _ddp_run(inputs):
+    """The reference: the same training with ``DistributedDataParallel``."""
+    return _run_average(None, inputs)
 
 
 def _average_case(world_size=2, steps=4, batch=12, seed=0, lr=0.5, frozen=False):
@@ -139,22 +118,17 @@ def _average_case(world_size=2, steps=4, batch=12, seed=0, lr=0.5, frozen=False)
 # ----------------------------------------------------------- q3: accumulation
 
 
-def one_batch(model, loss_fn, X, y, micro_batches):
-    """Reference: the whole batch at once, whatever ``micro_batches`` says."""
-    loss = loss_fn(model(X), y)
-    loss.backward()
-    return loss.item()
-
-
 def _accumulate_once(fn, inputs, rank=0, world_size=1):
-    X, y = _batches(dict(inputs, steps=1))
-    X, y = X[0].chunk(world_size)[rank], y[0].chunk(world_size)[rank]
-    model = _model(inputs["seed"])
+    X, y = tiny_batches(inputs["seed"], (inputs["batch"],))
+    X, y = X.chunk(world_size)[rank], y.chunk(world_size)[rank]
+    model = tiny_net(inputs["seed"])
+    sizes = []  # the batch size of every forward pass the model sees
+    model.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
     loss = fn(model, F.cross_entropy, X, y, inputs["micro_batches"])
     if world_size > 1:
         parallel.average_gradients(model)  # the course's, not the student's
     grads = [p.grad.clone() for p in model.parameters()]
-    return {"loss": loss, "grads": grads}
+    return {"loss": loss, "grads": grads, "forward_sizes": sorted(sizes)}
 
 
 def _accumulate_worker(rank, world_size, fn, inputs):
@@ -162,11 +136,26 @@ def _accumulate_worker(rank, world_size, fn, inputs):
 
 
 def _run_accumulate(fn, inputs):
-    """Mean loss and gradients; with 2 processes, rank 0's after averaging."""
+    """Mean loss, gradients and forward-pass sizes; with 2 processes rank 0's,
+    after averaging (the losses are then each rank's own, so not compared)."""
     if inputs["world_size"] == 1:
         return _accumulate_once(fn, inputs)
-    out = _launch(_accumulate_worker, inputs["world_size"], fn, inputs)
-    return {"grads": out[0]["grads"]}  # the losses are each rank's own
+    out = _launch(_accumulate_worker, inputs["world_size"], fn, inputs)[0]
+    return {"grads": out["grads"], "forward_sizes": out["forward_sizes"]}
+
+
+def _passes(sizes) -> str:
+    count = f"{len(sizes)} forward pass" + ("es" if len(sizes) != 1 else "")
+    return f"{count} of sizes {sizes}" if sizes else count
+
+
+def explain_accumulation(expected, actual, *, rtol: float, atol: float):
+    """First whether the model saw the right micro-batches, then the values."""
+    if isinstance(actual, dict) and "forward_sizes" in actual:
+        want, got = expected["forward_sizes"], actual["forward_sizes"]
+        if got != want:
+            return f"the model saw {_passes(got)}, expected {_passes(want)}"
+    return compare(expected, actual, rtol=rtol, atol=atol)
 
 
 def _accumulate_case(batch, micro_batches, seed=0, world_size=1):
@@ -204,29 +193,36 @@ def _lr_case(base_lr, base_batch_size, batch_size, warmup_steps, steps):
 
 
 _TOLERANCE = dict(rtol=1e-9, atol=1e-12)
-_QUESTION_LIST = [
+QUESTIONS = declare(__name__, [
     Question(
         "q1", "shard_batch", "each worker's shard of a batch", run=_run_shards,
         reference=shard_reference,
         public_cases=lambda: [_shard_case(8, 2), _shard_case(12, 3)],
         hidden_cases=lambda s: [_shard_case(4 * (s % 5 + 2), 4), _shard_case(6, 1)],
         points=1, rtol=0, atol=0,
+        forbidden=("torch.utils.data.DistributedSampler",),
     ),
     Question(
         "q2", "average_gradients", "averaging gradients with all_reduce",
-        run=_run_average, reference=ddp,
-        public_cases=lambda: [_average_case(), _average_case(seed=1, frozen=True)],
+        run=_run_average, reference=parallel.average_gradients, expected=_ddp_run,
+        public_cases=lambda: [
+            _average_case(),
+            _average_case(seed=1, frozen=True),
+            _average_case(3, steps=3, batch=9, seed=2, lr=0.3),
+        ],
         hidden_cases=lambda s: [
             _average_case(3, steps=3, batch=9, seed=s, lr=0.3),
             _average_case(2, steps=6, batch=8, seed=s + 1, lr=1.0, frozen=True),
         ],
-        points=3, explain=first_difference,
-        hints={"RuntimeError": "run the cell in the lab to see the whole error"},
-        **_TOLERANCE,
+        points=3, explain=first_mismatch(_NAMES, "DDP"), **_TOLERANCE,
+        forbidden=(
+            "torch.nn.parallel.DistributedDataParallel",
+            "course_lib.parallel.average_gradients",
+        ),
     ),
     Question(
         "q3", "accumulate_gradients", "gradient accumulation",
-        run=_run_accumulate, reference=one_batch,
+        run=_run_accumulate, reference=parallel.accumulate_gradients,
         public_cases=lambda: [
             _accumulate_case(12, 3),
             _accumulate_case(10, 4, seed=1),
@@ -238,7 +234,8 @@ _QUESTION_LIST = [
             _accumulate_case(9, 1, seed=s + 2),
             _accumulate_case(14, 3, seed=s + 3, world_size=2),
         ],
-        points=3, **_TOLERANCE,
+        points=3, explain=explain_accumulation, **_TOLERANCE,
+        forbidden=("course_lib.parallel.accumulate_gradients",),
     ),
     Question(
         "q4", "scaled_lr", "linear scaling with warm-up", run=_run_lr,
@@ -252,15 +249,13 @@ _QUESTION_LIST = [
             _lr_case(0.01, 128, 8192, 0, [0, 1, 1000]),
         ],
         points=1, **_TOLERANCE,
+        forbidden=(
+            "course_lib.parallel.scaled_lr",
+            "course_lib.parallel.warmup_linear_scaling",
+            "course_lib.schedules.Warmup", "torch.optim.lr_scheduler.LinearLR",
+        ),
     ),
-]  # fmt: skip
-QUESTIONS = {q.key: q for q in _QUESTION_LIST}
-
-
-check_q1 = check_function(QUESTIONS["q1"])
-check_q2 = check_function(QUESTIONS["q2"])
-check_q3 = check_function(QUESTIONS["q3"])
-check_q4 = check_function(QUESTIONS["q4"])
+])  # fmt: skip
 
 
 def compare_with_one_process(
@@ -301,7 +296,3 @@ def compare_with_one_process(
     )
 
 
-__all__ = [
-    "QUESTIONS", "check_q1", "check_q2", "check_q3", "check_q4",
-    "compare_with_one_process", "ddp", "one_batch",
-]  # fmt: skip
