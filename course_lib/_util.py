@@ -1,14 +1,9 @@
-"""Small helpers shared by several course_lib modules (not part of the API)."""
+"""Small helpers shared by several course_lib modules (not part of the API).
+
+Argument checks live in :mod:`course_lib._args`.
+"""
 
 from __future__ import annotations
-
-import numbers
-
-
-def check_positive_int(name: str, value) -> None:
-    """ValueError naming ``name`` unless ``value`` is an int >= 1 (bools rejected)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def history_field(history, key: str):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import numbers
 import os
 import random
 import tempfile
@@ -32,7 +31,7 @@ from torch.utils.data import (
     TensorDataset,
 )
 
-from ._util import check_positive_int
+from ._args import check_bool, check_choice, check_int, check_real
 from .device import generator
 
 DATASETS = ("digits", "mnist1d")
@@ -113,16 +112,18 @@ def load_dataset(
     the global random state; the test split does not depend on ``val_size``.
     ``cache_dir`` is where MNIST-1D is cached (default :func:`cache_dir`).
     """
+    check_choice("name", name, DATASETS)
     if name == "digits":
         X_pool, y_pool, X_test, y_test = _digits_arrays()
-    elif name == "mnist1d":
+    else:
         folder = _default_cache_dir() if cache_dir is None else Path(cache_dir)
         arrays = _mnist1d_arrays(folder)
         X_pool, y_pool = arrays["x"], arrays["y"]
         X_test, y_test = arrays["x_test"], arrays["y_test"]
-    else:
-        raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
-    val_size = _check_val_size(val_size, _DEFAULT_VAL_SIZE[name], len(y_pool))
+    # at most the pool less one sample, so that a training set is left
+    if val_size is None:
+        val_size = _DEFAULT_VAL_SIZE[name]
+    val_size = check_int("val_size", val_size, low=0, high=len(y_pool) - 1)
     X_train, y_train, X_val, y_val = _split_off(X_pool, y_pool, val_size)
     return Splits(
         *_to_torch(X_train, y_train),
@@ -131,18 +132,6 @@ def load_dataset(
         num_classes=10,
         name=name,
     )
-
-
-def _check_val_size(val_size, default: int, pool_size: int) -> int:
-    if val_size is None:
-        return default
-    ok = isinstance(val_size, numbers.Integral) and not isinstance(val_size, bool)
-    if not ok or not 0 <= val_size < pool_size:
-        raise ValueError(
-            f"val_size must be an int in [0, {pool_size - 1}] so that a training "
-            f"set is left, got {val_size!r}"
-        )
-    return int(val_size)
 
 
 def _split_off(X: np.ndarray, y: np.ndarray, n: int):
@@ -250,6 +239,8 @@ class Standardizer:
         """
         if not X.is_floating_point() or X.ndim == 0 or len(X) == 0:
             raise ValueError(f"X must be a non-empty float tensor, got {X.dtype}")
+        per_feature = check_bool("per_feature", per_feature)
+        eps = check_real("eps", eps, "[0, inf)")
         if per_feature:
             mean, std = X.mean(dim=0), X.std(dim=0, correction=0)
         else:
@@ -305,11 +296,9 @@ def make_loader(
     pass over the loader is a new permutation, and a loader rebuilt with the
     same seed replays the same epochs. Iterating never touches the global RNG.
     """
-    check_positive_int("batch_size", batch_size)
-    if not isinstance(shuffle, bool):  # no silent coercion of "no" or 0
-        # ValueError, not TypeError: bad arguments raise ValueError book-wide
-        msg = f"shuffle must be True or False, got {shuffle!r}"
-        raise ValueError(msg)  # noqa: TRY004
+    batch_size = check_int("batch_size", batch_size, low=1)
+    shuffle = check_bool("shuffle", shuffle)  # no silent coercion of "no" or 0
+    drop_last = check_bool("drop_last", drop_last)
     _check_same_length(X, y)
     dataset = TensorDataset(X, y)
     order_rng = generator(seed)
@@ -335,6 +324,7 @@ def make_loaders(
     eval_batch_size: int = 1000,
 ) -> tuple[DataLoader, DataLoader, DataLoader]:
     """``(train, val, test)`` loaders; only train is shuffled (per ``shuffle``)."""
+    eval_batch_size = check_int("eval_batch_size", eval_batch_size, low=1)
     X, y = splits.X_train, splits.y_train
     train = make_loader(X, y, batch_size=batch_size, shuffle=shuffle, seed=seed)
     val = make_loader(
@@ -366,13 +356,10 @@ def make_2d(
     ``noise`` is the std of the Gaussian noise on each point, in the same
     units for all four (at noise 0.1 each lies within about [-1.5, 2.5]^2).
     """
-    if name not in PROBLEMS_2D:
-        raise ValueError(f"name must be one of {PROBLEMS_2D}, got {name!r}")
-    check_positive_int("n_samples", n_samples)
-    bad = isinstance(noise, bool) or not isinstance(noise, numbers.Real)
-    if bad or not noise >= 0:  # `not >=` also rejects nan
-        raise ValueError(f"noise must be a real number >= 0, got {noise!r}")
-    n, noise = int(n_samples), float(noise)
+    check_choice("name", name, PROBLEMS_2D)
+    n = check_int("n_samples", n_samples, low=1)
+    noise = check_real("noise", noise, "[0, inf)")
+    seed = check_int("seed", seed, low=0)
     if name == "spirals":
         return _to_torch(*_spirals(n, noise, seed))
     return _to_torch(*_sklearn_2d(name, n, noise, seed))
@@ -418,9 +405,9 @@ def load_torchvision(
     the offline alternatives, when the files are missing and ``download`` is
     False, or when the download fails (e.g. no network).
     """
-    if name not in TORCHVISION_DATASETS:
-        accepted = tuple(TORCHVISION_DATASETS)
-        raise ValueError(f"name must be one of {accepted}, got {name!r}")
+    check_choice("name", name, tuple(TORCHVISION_DATASETS))
+    train = check_bool("train", train)
+    download = check_bool("download", download)
     import torchvision  # optional and slow to import: only this path needs it
 
     class_name, folder = TORCHVISION_DATASETS[name]

@@ -18,12 +18,13 @@ there had a margin the data do not support.
 
 from __future__ import annotations
 
-import numbers
 import os
 import random
 
 import numpy as np
 import torch
+
+from ._args import check_bool, check_choice, check_int
 
 _DEVICE_CHOICES = ("auto", "cpu", "cuda")
 SEED_SHIFT_VARIABLE = "COURSE_LIB_SEED_SHIFT"
@@ -36,8 +37,7 @@ def get_device(prefer: str = "auto") -> torch.device:
     ``"cpu"`` and ``"cuda"`` force a choice (``"cuda"`` raises if there is no
     GPU rather than quietly running on the CPU).
     """
-    if prefer not in _DEVICE_CHOICES:
-        raise ValueError(f"prefer must be one of {_DEVICE_CHOICES}, got {prefer!r}")
+    check_choice("prefer", prefer, _DEVICE_CHOICES)
     cuda_ok = torch.cuda.is_available()
     if os.environ.get("COURSE_LIB_REQUIRE_CUDA") == "1" and not cuda_ok:
         raise RuntimeError(
@@ -70,9 +70,7 @@ def seed_shift() -> int:
 
 def shifted_seed(seed: int) -> int:
     """``seed`` plus :func:`seed_shift`; ``seed`` must be a non-negative int."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed) + seed_shift()
+    return check_int("seed", seed, low=0) + seed_shift()
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -103,8 +101,7 @@ def set_deterministic(enabled: bool = True) -> None:
     vary from run to run; this switches those off. cuBLAS needs the workspace
     setting below *before* its first use, so call this early.
     """
-    if not isinstance(enabled, bool):
-        raise ValueError(f"enabled must be a bool, got {enabled!r}")
+    enabled = check_bool("enabled", enabled)
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(enabled)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._args import check_choice, check_int
 from ._util import history_field
 from .device import generator as device_generator
 from .device import shifted_seed
@@ -80,8 +81,7 @@ class Diagnosis:
 
 def moving_average(values, window: int) -> np.ndarray:
     """Trailing mean over ``window`` points (shorter at the start)."""
-    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
-        raise ValueError(f"window must be a positive integer, got {window!r}")
+    window = check_int("window", window, low=1)
     x = np.asarray(values, dtype=float)
     csum = np.concatenate([[0.0], np.cumsum(x)])
     stop = np.arange(1, len(x) + 1)
@@ -100,7 +100,7 @@ def cycle_score(step_loss, steps_per_epoch: int) -> float:
     the number of epochs. With shuffled data positions mean nothing and the
     score is near 0; with data sorted by class it is close to 1.
     """
-    period = steps_per_epoch
+    period = check_int("steps_per_epoch", steps_per_epoch, low=1)
     x = np.log(np.asarray(step_loss, dtype=float))
     if period < 4 or len(x) < 5 * period or not np.all(np.isfinite(x)):
         return 0.0
@@ -275,8 +275,7 @@ def demo_run(
     from .schedules import Cosine
     from .train import fit
 
-    if pathology not in RECIPES:
-        raise ValueError(f"pathology must be one of {PATHOLOGIES}, got {pathology!r}")
+    check_choice("pathology", pathology, PATHOLOGIES)
     unknown = set(changes) - set(_DEFAULTS) - {"lr"}
     if unknown:
         raise ValueError(
@@ -337,16 +336,8 @@ def gradient_noise(
     is left unchanged (only its ``.grad`` fields are overwritten).
     """
     n = len(X)
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int)
-        or not 0 < batch_size <= n
-    ):
-        raise ValueError(
-            f"batch_size must be an integer in [1, {n}], got {batch_size!r}"
-        )
-    if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws <= 0:
-        raise ValueError(f"num_draws must be a positive integer, got {num_draws!r}")
+    batch_size = check_int("batch_size", batch_size, low=1, high=n)
+    num_draws = check_int("num_draws", num_draws, low=1)
     generator = device_generator(seed)
     full = _flat_grad(model, loss_fn, X, y)
     total = 0.0

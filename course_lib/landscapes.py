@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._args import check_callable, check_int, check_real, set_fields
+
 
 def _xy(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if points.shape[-1] != 2:
@@ -37,8 +39,7 @@ class Quadratic:
     condition: float = 50.0
 
     def __post_init__(self):
-        if not self.condition >= 1:
-            raise ValueError(f"condition must be >= 1, got {self.condition!r}")
+        set_fields(self, condition=check_real("condition", self.condition, "[1, inf)"))
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         x, y = _xy(points)
@@ -65,8 +66,7 @@ class Rosenbrock:
     b: float = 100.0
 
     def __post_init__(self):
-        if not self.b > 0:
-            raise ValueError(f"b must be > 0, got {self.b!r}")
+        set_fields(self, b=check_real("b", self.b, "(0, inf)"))
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         x, y = _xy(points)
@@ -87,8 +87,9 @@ def trajectory(
     ``lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9)``. The
     point is float64 so that paths are not limited by float32 round-off.
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"num_steps must be a non-negative integer, got {num_steps!r}")
+    check_callable("surface", surface)
+    check_callable("make_optimizer", make_optimizer)
+    num_steps = check_int("num_steps", num_steps, low=0)
     point = torch.tensor(start, dtype=torch.float64, requires_grad=True)
     optimizer = make_optimizer([point])
     path = [point.detach().clone()]

@@ -16,17 +16,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ._util import check_positive_int
+from ._args import check_choice, check_int, check_int_sequence, check_real
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
 
 
 def make_activation(name: str) -> nn.Module:
     """``"relu"``, ``"tanh"``, ``"gelu"`` or ``"sigmoid"`` as a module."""
-    if name not in ACTIVATIONS:
-        raise ValueError(
-            f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}"
-        )
+    check_choice("activation", name, tuple(ACTIVATIONS))
     return ACTIVATIONS[name]()
 
 
@@ -49,14 +46,11 @@ class MLP(nn.Sequential):
         activation: str = "relu",
         dropout: float = 0.0,
     ):
-        check_positive_int("in_features", in_features)
-        check_positive_int("num_classes", num_classes)
-        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
-            raise ValueError(f"hidden must be a sequence of widths, got {hidden!r}")
-        for width in hidden:
-            check_positive_int("hidden widths", width)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        in_features = check_int("in_features", in_features, low=1)
+        hidden = check_int_sequence("hidden", hidden, low=1)  # the widths
+        num_classes = check_int("num_classes", num_classes, low=1)
+        check_choice("activation", activation, tuple(ACTIVATIONS))
+        dropout = check_real("dropout", dropout, "[0, 1)")
         layers: list[nn.Module] = []
         widths = [in_features, *hidden]
         for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
@@ -76,9 +70,8 @@ class DigitsCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, channels: int = 16):
         super().__init__()
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("channels", channels)
-        c = channels
+        num_classes = check_int("num_classes", num_classes, low=1)
+        c = check_int("channels", channels, low=1)
         self.features = nn.Sequential(
             nn.Conv2d(1, c, 3, padding=1),
             nn.ReLU(),
@@ -104,10 +97,9 @@ class MNIST1DCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, channels: int = 25, length: int = 40):
         super().__init__()
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("channels", channels)
-        check_positive_int("length", length)
-        c = channels
+        num_classes = check_int("num_classes", num_classes, low=1)
+        c = check_int("channels", channels, low=1)
+        length = check_int("length", length, low=1)
         self.length = length
         self.features = nn.Sequential(
             nn.Conv1d(1, c, 5, stride=2, padding=1),

@@ -28,61 +28,41 @@ Lookahead  the inner optimizer's            the inner optimizer's
 ``momentum_buffer`` averages scaled steps :math:`g/\sqrt{v}`, not gradients;
 Lookahead adds a ``slow_param`` copy of each weight. All but SGD count steps
 in ``step``, a 0-d CPU tensor, as torch does. Validation follows torch's, a
-little stricter: NaN, infinities and non-numbers are rejected, SGD's
-``dampening`` must lie in [0, 1] and RMSprop's ``alpha`` in [0, 1) (torch
-accepts any, and any >= 0).
+little stricter (course_lib's rules, ``course_lib._args``): NaN, infinities,
+bools and non-numbers are rejected, SGD's ``dampening`` must lie in [0, 1]
+and RMSprop's ``alpha`` in [0, 1) (torch accepts any, and any >= 0). NumPy
+scalars are accepted and stored as plain floats, so checkpoints load with
+``weights_only=True``.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections import defaultdict
 
 import torch
 from torch.optim import Optimizer
 
+from ._args import check_bool, check_int, check_real, check_real_sequence, require
+
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Lookahead"]
 
 
-def _require(ok: bool, name: str, accepted: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"{name} must be {accepted}, got {value!r}")
-
-
-def _is_real(value: object) -> bool:
-    # bool is a subclass of int, but lr=True is always a mistake
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _in_unit(closed: bool):
-    return lambda v: _is_real(v) and 0 <= v and (v <= 1 if closed else v < 1)
-
-
-def _is_betas(value: object) -> bool:
-    pair = isinstance(value, (tuple, list)) and len(value) == 2
-    return pair and all(map(_in_unit(closed=False), value))
-
-
-# What each option accepts: (test, description). NaN fails every comparison.
-_NONNEGATIVE = (lambda v: _is_real(v) and 0 <= v < math.inf, "a real number >= 0")
-_BOOL = (lambda v: isinstance(v, bool), "True or False")
-_RULES = {
-    "dampening": (_in_unit(closed=True), "a real number in [0, 1]"),
-    "alpha": (_in_unit(closed=False), "a real number in [0, 1)"),
-    "betas": (_is_betas, "a pair of real numbers in [0, 1)"),
-    **dict.fromkeys(["nesterov", "centered", "amsgrad"], _BOOL),
-}
+# What each option accepts; any other is a real number >= 0 (lr, eps, ...).
+_INTERVALS = {"dampening": "[0, 1]", "alpha": "[0, 1)"}
+_BOOLS = ("nesterov", "centered", "amsgrad")
 
 
 def _checked(**options) -> dict:
-    """The options, once each passes its rule (by default: a real number >= 0)."""
+    """The options as plain floats, bools and (betas) a pair, once each is valid."""
+    checked = {}
     for name, value in options.items():
-        test, accepted = _RULES.get(name, _NONNEGATIVE)
-        _require(test(value), name, accepted, value)
-    if "betas" in options:
-        options["betas"] = tuple(options["betas"])
-    return options
+        if name in _BOOLS:
+            checked[name] = check_bool(name, value)
+        elif name == "betas":
+            checked[name] = check_real_sequence(name, value, "[0, 1)", length=2)
+        else:
+            checked[name] = check_real(name, value, _INTERVALS.get(name, "[0, inf)"))
+    return checked
 
 
 def _new_step() -> torch.Tensor:
@@ -362,9 +342,9 @@ class SGD(_PerParamOptimizer):
             lr=lr, momentum=momentum, dampening=dampening,
             weight_decay=weight_decay, nesterov=nesterov,
         )  # fmt: skip
-        ok = not nesterov or (momentum > 0 and dampening == 0)
+        ok = not defaults["nesterov"] or (momentum > 0 and dampening == 0)
         accepted = "False unless momentum > 0 and dampening == 0"
-        _require(ok, "nesterov", accepted, nesterov)
+        require(ok, "nesterov", accepted, nesterov)
         super().__init__(params, defaults)
 
     def _state(self, p, group):
@@ -515,11 +495,8 @@ class Lookahead(Optimizer):
 
     def __init__(self, optimizer: Optimizer, k: int = 5, alpha: float = 0.5):
         ok = isinstance(optimizer, Optimizer)
-        _require(ok, "optimizer", "a torch.optim.Optimizer", optimizer)
-        ok = isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1
-        _require(ok, "k", "a positive integer", k)
-        ok = _in_unit(closed=True)(alpha)
-        _require(ok, "alpha", "a real number in [0, 1]", alpha)
+        require(ok, "optimizer", "a torch.optim.Optimizer", optimizer)
+        k, alpha = check_int("k", k, low=1), check_real("alpha", alpha, "[0, 1]")
         self.optimizer, self.k, self.alpha = optimizer, k, alpha
         self.step_count = 0  # inner steps so far; the weights sync at multiples of k
         # Given the inner optimizer's own groups and defaults, Optimizer.__init__

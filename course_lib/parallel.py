@@ -51,7 +51,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from course_lib._util import check_positive_int
+from course_lib._args import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_int,
+    check_int_sequence,
+    check_real,
+    set_fields,
+)
 from course_lib.device import shifted_seed
 from course_lib.schedules import Constant, Warmup
 
@@ -62,12 +70,6 @@ __all__ = [
 ]  # fmt: skip
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _check_positive_real(name: str, value) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (ok and value > 0):  # NaN fails value > 0
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
 
 
 def backend_for(device: torch.device | str) -> str:
@@ -227,10 +229,9 @@ def launch(fn: Callable, world_size: int, *args, timeout: float = 120) -> list:
     the globals they use) and functions of modules by name; the module must
     then be importable in the workers.
     """
-    check_positive_int("world_size", world_size)
-    _check_positive_real("timeout", timeout)
-    if not callable(fn):
-        raise ValueError(f"fn must be callable, got {fn!r}")
+    world_size = check_int("world_size", world_size, low=1)
+    timeout = check_real("timeout", timeout, "(0, inf]")  # inf: wait for ever
+    check_callable("fn", fn)
     payload = cloudpickle.dumps((fn, args))
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
@@ -299,11 +300,8 @@ def accumulate_gradients(
     once per batch. Models with batch statistics (batch norm) see smaller
     batches, so they are not exactly equivalent.
     """
-    check_positive_int("micro_batches", micro_batches)
-    n = len(X)
-    if micro_batches > n:
-        msg = f"micro_batches must be at most the batch size {n}, got {micro_batches}"
-        raise ValueError(msg)
+    n = len(X)  # at most one chunk per sample
+    micro_batches = check_int("micro_batches", micro_batches, low=1, high=n)
     total = 0.0
     for X_chunk, y_chunk in zip(
         X.tensor_split(micro_batches), y.tensor_split(micro_batches), strict=True
@@ -329,9 +327,9 @@ def scaled_lr(base_lr: float, base_batch_size: int, batch_size: int) -> float:
     changes little over :math:`k` small steps, which fails early in training
     (hence warm-up) and for very large batches (the paper: beyond ~8k images).
     """
-    _check_positive_real("base_lr", base_lr)
-    check_positive_int("base_batch_size", base_batch_size)
-    check_positive_int("batch_size", batch_size)
+    base_lr = check_real("base_lr", base_lr, "(0, inf)")
+    base_batch_size = check_int("base_batch_size", base_batch_size, low=1)
+    batch_size = check_int("batch_size", batch_size, low=1)
     return float(base_lr * batch_size / base_batch_size)
 
 
@@ -349,9 +347,8 @@ def warmup_linear_scaling(
     5 epochs. Use as ``LambdaLR(SGD(params, lr=lr), schedule)``.
     """
     lr = scaled_lr(base_lr, base_batch_size, batch_size)
-    if batch_size < base_batch_size:
-        msg = f"batch_size must be >= base_batch_size {base_batch_size} to warm up"
-        raise ValueError(f"{msg}, got {batch_size}")
+    # warm-up rises from the base rate, so the batch may not be smaller
+    check_int("batch_size", batch_size, low=base_batch_size)
     start = base_batch_size / batch_size
     return lr, Warmup(schedule or Constant(), warmup_steps, start_factor=start)
 
@@ -374,9 +371,7 @@ def to_sync_batchnorm(model: nn.Module, *, by_hand: bool = False) -> nn.Module:
     :class:`AllReduceBatchNorm` instead, which computes the same statistics
     with two differentiable all-reduces and runs on any backend.
     """
-    if not isinstance(by_hand, bool):
-        raise ValueError(f"by_hand must be True or False, got {by_hand!r}")
-    if not by_hand:
+    if not check_bool("by_hand", by_hand):
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if isinstance(model, _BatchNorm) and not isinstance(model, AllReduceBatchNorm):
         return AllReduceBatchNorm.from_batchnorm(model)
@@ -499,9 +494,17 @@ class DDPConfig:
     cache_dir: str | None = None
 
     def __post_init__(self) -> None:
-        check_positive_int("batch_size", self.batch_size)
-        check_positive_int("epochs", self.epochs)
-        _check_positive_real("lr", self.lr)
+        from course_lib.data import DATASETS  # keeps import of this module light
+
+        set_fields(
+            self, dataset=check_choice("dataset", self.dataset, DATASETS),
+            hidden=check_int_sequence("hidden", self.hidden, low=1),
+            batch_size=check_int("batch_size", self.batch_size, low=1),
+            lr=check_real("lr", self.lr, "(0, inf)"),
+            epochs=check_int("epochs", self.epochs, low=1),
+            seed=check_int("seed", self.seed, low=0),
+            float64=check_bool("float64", self.float64),
+        )  # fmt: skip
 
 
 def _shard_loader(X, y, rank, world_size, config: DDPConfig):

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ._args import check_bool, check_choice, check_int, check_real
 from ._util import history_field
 from .diagnose import moving_average
 from .schedules import factors
@@ -26,8 +27,8 @@ def plot_history(
     history, metric: str = "loss", *, ax=None, log: bool = False, title=None
 ):
     """Per-epoch training and validation ``metric`` ("loss" or "acc") of one run."""
-    if metric not in _METRICS:
-        raise ValueError(f"metric must be one of {_METRICS}, got {metric!r}")
+    check_choice("metric", metric, _METRICS)
+    log = check_bool("log", log)
     ax = _axes(ax)
     for split, style in (("train", "-"), ("val", "--")):
         values = history_field(history, f"{split}_{metric}")
@@ -54,6 +55,9 @@ def plot_step_loss(
     copy of the raw curve; non-finite values are left out (a diverged run
     simply ends).
     """
+    if smooth is not None:
+        smooth = check_int("smooth", smooth, low=0)  # 0, like None: no smoothing
+    log = check_bool("log", log)
     ax = _axes(ax)
     for label, history in histories.items():
         loss = np.asarray(history_field(history, "step_loss"), dtype=float)
@@ -81,6 +85,7 @@ def plot_schedules(
     schedules: Mapping[str, object], num_steps: int, *, base_lr=1.0, ax=None
 ):
     """Learning rate against step for several schedules (``{label: schedule}``)."""
+    base_lr = check_real("base_lr", base_lr, "[0, inf)")
     ax = _axes(ax)
     for label, schedule in schedules.items():
         ax.plot(base_lr * np.asarray(factors(schedule, num_steps)), label=label)

@@ -22,9 +22,17 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from ._args import (
+    check_callable,
+    check_int,
+    check_int_sequence,
+    check_real,
+    require,
+    set_fields,
+)
 
 __all__ = [
     "Constant", "Cosine", "CosineRestarts", "Exponential", "Inverse",
@@ -33,37 +41,14 @@ __all__ = [
 ]  # fmt: skip
 
 
-def _require(ok: bool, name: str, accepted: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+def _check_step(step) -> int:
+    return check_int("step", step, low=0)
 
 
-def _is_int(value: object) -> bool:
-    # bool is a subclass of int, but True as a step count is always a mistake
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: object, minimum: int = 1) -> None:
-    accepted = {0: "a non-negative integer", 1: "a positive integer"}[minimum]
-    _require(_is_int(value) and value >= minimum, name, accepted, value)
-
-
-def _check_real(name: str, value: object, interval: str) -> None:
-    """Check that ``value`` lies in ``interval``, written like "(0, 1]"."""
-    # One string drives both the check and the message, so they cannot disagree.
-    low, high = (float(bound) for bound in interval[1:-1].split(","))
-    is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    # NaN fails every comparison, so it is rejected without a special case
-    ok = is_real and (low <= value if interval[0] == "[" else low < value)
-    ok = ok and (value <= high if interval[-1] == "]" else value < high)
-    _require(ok, name, f"a real number in {interval}", value)
-
-
-def _check_callable(name: str, value: object) -> None:
+def _check_schedule(schedule):
     # A class is callable too, but Warmup(Cosine, 5) would return Cosine objects
-    ok = callable(value) and not isinstance(value, type)
     accepted = "a callable mapping a step to a factor, e.g. Cosine(100)"
-    _require(ok, name, accepted, value)
+    return check_callable("schedule", schedule, accepted, allow_class=False)
 
 
 def _cosine_anneal(start: float, end: float, progress: float) -> float:
@@ -80,7 +65,7 @@ class Constant:
     """
 
     def __call__(self, step: int) -> float:
-        _check_int("step", step, minimum=0)
+        _check_step(step)
         return 1.0
 
 
@@ -96,11 +81,13 @@ class StepDecay:
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        _check_int("step_size", self.step_size)
-        _check_real("gamma", self.gamma, "(0, 1]")
+        set_fields(
+            self, step_size=check_int("step_size", self.step_size, low=1),
+            gamma=check_real("gamma", self.gamma, "(0, 1]"),
+        )  # fmt: skip
 
     def __call__(self, step: int) -> float:
-        _check_int("step", step, minimum=0)
+        step = _check_step(step)
         return float(self.gamma ** (step // self.step_size))
 
 
@@ -121,17 +108,14 @@ class MultiStep:
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        ms = self.milestones
-        ok = isinstance(ms, (tuple, list)) and len(ms) > 0
-        ok = ok and all(_is_int(m) and m > 0 for m in ms)
-        ok = ok and all(a < b for a, b in itertools.pairwise(ms))
-        accepted = "a non-empty, strictly increasing tuple of positive integers"
-        _require(ok, "milestones", f"{accepted} (no decay: use Constant())", ms)
-        object.__setattr__(self, "milestones", tuple(ms))  # frozen: no plain setattr
-        _check_real("gamma", self.gamma, "(0, 1]")
+        ms = check_int_sequence("milestones", self.milestones, low=1, nonempty=True)
+        ok = all(a < b for a, b in itertools.pairwise(ms))
+        accepted = "strictly increasing (no decay: use Constant())"
+        require(ok, "milestones", accepted, self.milestones)
+        set_fields(self, milestones=ms, gamma=check_real("gamma", self.gamma, "(0, 1]"))
 
     def __call__(self, step: int) -> float:
-        _check_int("step", step, minimum=0)
+        step = _check_step(step)
         passed = sum(1 for m in self.milestones if m <= step)
         return float(self.gamma**passed)
 
@@ -147,10 +131,10 @@ class Exponential:
     gamma: float
 
     def __post_init__(self) -> None:
-        _check_real("gamma", self.gamma, "(0, 1]")
+        set_fields(self, gamma=check_real("gamma", self.gamma, "(0, 1]"))
 
     def __call__(self, step: int) -> float:
-        _check_int("step", step, minimum=0)
+        step = _check_step(step)
         return float(self.gamma**step)
 
 
@@ -166,10 +150,10 @@ class Inverse:
     k: float
 
     def __post_init__(self) -> None:
-        _check_real("k", self.k, "(0, inf)")
+        set_fields(self, k=check_real("k", self.k, "(0, inf)"))
 
     def __call__(self, step: int) -> float:
-        _check_int("step", step, minimum=0)
+        step = _check_step(step)
         return 1.0 / (1.0 + self.k * step)
 
 
@@ -185,10 +169,10 @@ class InverseSqrt:
     k: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_real("k", self.k, "(0, inf)")
+        set_fields(self, k=check_real("k", self.k, "(0, inf)"))
 
     def __call__(self, step: int) -> float:
-        _check_int("step", step, minimum=0)
+        step = _check_step(step)
         return 1.0 / math.sqrt(1.0 + self.k * step)
 
 
@@ -205,11 +189,13 @@ class LinearDecay:
     end_factor: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_int("total_steps", self.total_steps)
-        _check_real("end_factor", self.end_factor, "[0, 1]")
+        set_fields(
+            self, total_steps=check_int("total_steps", self.total_steps, low=1),
+            end_factor=check_real("end_factor", self.end_factor, "[0, 1]"),
+        )  # fmt: skip
 
     def __call__(self, step: int) -> float:
-        _check_int("step", step, minimum=0)
+        step = _check_step(step)
         progress = min(step, self.total_steps) / self.total_steps
         return 1.0 - (1.0 - self.end_factor) * progress
 
@@ -234,11 +220,13 @@ class Cosine:
     min_factor: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_int("total_steps", self.total_steps)
-        _check_real("min_factor", self.min_factor, "[0, 1)")
+        set_fields(
+            self, total_steps=check_int("total_steps", self.total_steps, low=1),
+            min_factor=check_real("min_factor", self.min_factor, "[0, 1)"),
+        )  # fmt: skip
 
     def __call__(self, step: int) -> float:
-        _check_int("step", step, minimum=0)
+        step = _check_step(step)
         progress = min(step, self.total_steps) / self.total_steps
         return _cosine_anneal(1.0, self.min_factor, progress)
 
@@ -267,12 +255,14 @@ class Warmup:
     start_factor: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_callable("schedule", self.schedule)
-        _check_int("warmup_steps", self.warmup_steps)
-        _check_real("start_factor", self.start_factor, "[0, 1]")
+        _check_schedule(self.schedule)
+        set_fields(
+            self, warmup_steps=check_int("warmup_steps", self.warmup_steps, low=1),
+            start_factor=check_real("start_factor", self.start_factor, "[0, 1]"),
+        )  # fmt: skip
 
     def __call__(self, step: int) -> float:
-        _check_int("step", step, minimum=0)
+        step = _check_step(step)
         if step < self.warmup_steps:
             ramp = step / self.warmup_steps
             return self.start_factor + (1.0 - self.start_factor) * ramp
@@ -302,9 +292,11 @@ class CosineRestarts:
     min_factor: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_int("period", self.period)
-        _check_int("period_mult", self.period_mult)
-        _check_real("min_factor", self.min_factor, "[0, 1)")
+        set_fields(
+            self, period=check_int("period", self.period, low=1),
+            period_mult=check_int("period_mult", self.period_mult, low=1),
+            min_factor=check_real("min_factor", self.min_factor, "[0, 1)"),
+        )  # fmt: skip
 
     def _cycle_position(self, step: int) -> tuple[int, int]:
         """(steps since the last restart, length of the current cycle)."""
@@ -317,7 +309,7 @@ class CosineRestarts:
         return step, length
 
     def __call__(self, step: int) -> float:
-        _check_int("step", step, minimum=0)
+        step = _check_step(step)
         since_restart, length = self._cycle_position(step)
         return _cosine_anneal(1.0, self.min_factor, since_restart / length)
 
@@ -354,22 +346,28 @@ class OneCycle:
     final_div_factor: float = 1e4
 
     def __post_init__(self) -> None:
-        _check_int("total_steps", self.total_steps)
-        _check_real("pct_start", self.pct_start, "(0, 1)")
+        set_fields(
+            self, total_steps=check_int("total_steps", self.total_steps, low=1),
+            pct_start=check_real("pct_start", self.pct_start, "(0, 1)"),
+        )  # fmt: skip
         # Both phases must span more than one step: torch divides by zero when
         # pct_start * total_steps == 1 and starts past the peak when it is < 1.
         ok = 0 < self._rise_end() < self.total_steps - 1
         accepted = f"such that 1 < pct_start * total_steps < {self.total_steps}"
-        _require(ok, "pct_start", accepted + " (= total_steps)", self.pct_start)
-        _check_real("div_factor", self.div_factor, "[1, inf)")
-        _check_real("final_div_factor", self.final_div_factor, "[1, inf)")
+        require(ok, "pct_start", accepted + " (= total_steps)", self.pct_start)
+        set_fields(
+            self, div_factor=check_real("div_factor", self.div_factor, "[1, inf)"),
+            final_div_factor=check_real(
+                "final_div_factor", self.final_div_factor, "[1, inf)"
+            ),
+        )  # fmt: skip
 
     def _rise_end(self) -> float:
         # torch's end of phase 1, not rounded: float(pct_start * total_steps) - 1
         return float(self.pct_start * self.total_steps) - 1
 
     def __call__(self, step: int) -> float:
-        _check_int("step", step, minimum=0)
+        step = _check_step(step)
         start = 1.0 / self.div_factor
         final = start / self.final_div_factor
         rise_end, last = self._rise_end(), self.total_steps - 1
@@ -382,8 +380,8 @@ class OneCycle:
 
 def factors(schedule: Callable[[int], float], num_steps: int) -> list[float]:
     """``[schedule(t) for t in range(num_steps)]``: the curve a plot draws."""
-    _check_callable("schedule", schedule)
-    _check_int("num_steps", num_steps, minimum=0)
+    _check_schedule(schedule)
+    num_steps = check_int("num_steps", num_steps, low=0)
     return [schedule(t) for t in range(num_steps)]
 
 
@@ -439,7 +437,7 @@ def torch_scheduler(schedule: Callable[[int], float], optimizer):
                 final_div_factor=schedule.final_div_factor,
             )
         case Warmup(schedule=inner, warmup_steps=w, start_factor=s):
-            _require(s > 0, "start_factor", "> 0 for torch's LinearLR", s)
+            require(s > 0, "start_factor", "> 0 for torch's LinearLR", s)
             ramp = sched.LinearLR(
                 optimizer, start_factor=s, end_factor=1.0, total_iters=w
             )

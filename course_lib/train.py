@@ -22,14 +22,9 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from tqdm.auto import tqdm
 
 from . import device
-from ._util import check_positive_int
+from ._args import check_bool, check_callable, check_choice, check_int, check_real
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _check_lr(lr) -> None:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
-        raise ValueError(f"lr must be a non-negative number, got {lr!r}")
 
 
 def minibatch_indices(
@@ -42,10 +37,8 @@ def minibatch_indices(
     form the batches, and the last batch is smaller when ``batch_size`` does
     not divide ``n``.
     """
-    check_positive_int("n", n)
-    check_positive_int("batch_size", batch_size)
-    if not isinstance(shuffle, bool):
-        raise ValueError(f"shuffle must be a bool, got {shuffle!r}")
+    n, batch_size = check_int("n", n, low=1), check_int("batch_size", batch_size, low=1)
+    shuffle = check_bool("shuffle", shuffle)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     return list(order.split(batch_size))  # (B,) each
 
@@ -100,8 +93,12 @@ def minibatch_sgd(
     usual ``RandomSampler`` draws the first epoch the same way but makes one
     extra draw at the end of every epoch, so its later epochs differ.)
     """
-    _check_lr(lr)
-    check_positive_int("num_epochs", num_epochs)
+    lr = check_real("lr", lr, "[0, inf)")
+    num_epochs = check_int("num_epochs", num_epochs, low=1)
+    batch_size = check_int("batch_size", batch_size, low=1)
+    shuffle = check_bool("shuffle", shuffle)
+    if schedule is not None:
+        check_callable("schedule", schedule)
     if len(X) != len(y):
         raise ValueError(
             f"X and y must have the same length, got {len(X)} and {len(y)}"
@@ -180,15 +177,10 @@ class EarlyStopping(Callback):
         min_delta: float = 0.0,
         restore_best: bool = True,
     ):
-        if monitor not in _MONITORS:
-            raise ValueError(
-                f"monitor must be one of {sorted(_MONITORS)}, got {monitor!r}"
-            )
-        check_positive_int("patience", patience)
-        if not min_delta >= 0:
-            raise ValueError(f"min_delta must be >= 0, got {min_delta!r}")
-        self.monitor, self.patience = monitor, patience
-        self.min_delta, self.restore_best = min_delta, restore_best
+        self.monitor = check_choice("monitor", monitor, tuple(_MONITORS))
+        self.patience = check_int("patience", patience, low=1)
+        self.min_delta = check_real("min_delta", min_delta, "[0, inf)")
+        self.restore_best = check_bool("restore_best", restore_best)
         self.sign = -1.0 if _MONITORS[monitor] is min else 1.0  # +: larger is better
 
     def on_train_begin(self, model, history):
@@ -297,7 +289,8 @@ def fit(
     batch, which is all it takes to run on a GPU. Training stops early when a
     callback asks to or the loss becomes NaN or infinite.
     """
-    check_positive_int("num_epochs", num_epochs)
+    num_epochs = check_int("num_epochs", num_epochs, low=1)
+    progress = check_bool("progress", progress)
     device = (
         torch.device(device) if device is not None else next(model.parameters()).device
     )

@@ -9,6 +9,7 @@ import inspect
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.nn.functional import mse_loss
@@ -603,3 +604,43 @@ def test_lookahead_deepcopy_continues_identically():
         train_step(model, optimizer, X, y)
         train_step(twin_model, twin, X, y)
         assert_same_params(twin_model, model, step)
+
+
+NUMPY_OPTIONS = [
+    (optim.SGD, "lr", np.float32(0.1)),
+    (optim.SGD, "momentum", np.float64(0.9)),
+    (optim.Adagrad, "lr_decay", np.int64(0)),
+    (optim.RMSprop, "alpha", np.float32(0.9)),
+    (optim.Adam, "eps", np.float64(1e-8)),
+    (optim.AdamW, "betas", (np.float32(0.5), np.float64(0.999))),
+    (optim.Adam, "amsgrad", np.bool_(True)),
+]
+
+
+@pytest.mark.parametrize(("cls", "name", "value"), NUMPY_OPTIONS)
+def test_numpy_scalars_pass_as_plain_numbers_bools_and_strings_do_not(
+    cls, name, value
+):
+    # Stored as plain floats/bools, so the state_dict loads with weights_only=True
+    weight = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    optimizer = cls([weight], **{name: value})
+    stored = optimizer.defaults[name]
+    assert stored == (tuple(map(float, value)) if name == "betas" else value)
+    assert type(stored) in (float, bool, tuple), type(stored)
+    weight.grad = torch.ones_like(weight)
+    optimizer.step()
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    optimizer.load_state_dict(torch.load(buffer, weights_only=True))
+    refused = ["0.1", None] if name == "amsgrad" else [True, "0.1"]
+    for bad in refused:
+        with pytest.raises(ValueError, match=rf"^{name} must be "):
+            cls([weight], **{name: bad})
+
+
+def test_lookahead_takes_numpy_scalars():
+    inner = optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.1)
+    lookahead = Lookahead(inner, k=np.int64(3), alpha=np.float32(0.5))
+    assert (lookahead.k, lookahead.alpha) == (3, 0.5)
+    assert type(lookahead.k) is int and type(lookahead.alpha) is float

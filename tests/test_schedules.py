@@ -494,3 +494,41 @@ def test_torch_scheduler_rejects_what_torch_cannot_do():
         torch_scheduler(Warmup(Cosine(10), 5), optimizer)  # torch's LinearLR needs > 0
     with pytest.raises(ValueError, match="schedule"):
         torch_scheduler(lambda t: 1.0, optimizer)
+
+
+NUMPY_ARGUMENTS = [
+    ("step_size", lambda v: StepDecay(v, 0.5), np.int64(3)),
+    ("gamma", lambda v: StepDecay(3, v), np.float32(0.5)),
+    ("milestones", lambda v: MultiStep(v), (np.int64(2), np.int32(4))),
+    ("total_steps", lambda v: Cosine(v), np.int64(10)),
+    ("min_factor", lambda v: Cosine(10, v), np.float64(0.1)),
+    ("warmup_steps", lambda v: Warmup(Cosine(10), v), np.int64(3)),
+    ("period_mult", lambda v: CosineRestarts(3, v), np.int64(2)),
+    ("div_factor", lambda v: OneCycle(10, div_factor=v), np.float32(25.0)),
+    ("k", lambda v: Inverse(v), np.float64(0.5)),
+    ("num_steps", lambda v: factors(Cosine(10), v), np.int64(4)),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "value"), NUMPY_ARGUMENTS)
+def test_numpy_scalars_pass_bools_and_strings_do_not(name, make, value):
+    made = make(value)
+    if dataclasses.is_dataclass(made):  # stored as plain Python numbers
+        stored = getattr(made, name)
+        assert stored == (tuple(value) if name == "milestones" else value)
+        assert type(stored) in (int, float, tuple)
+        assert "np." not in repr(made)  # a clean legend label
+        assert factors(made, 12) == factors(make(_plain(value)), 12)
+    for bad in (True, "3"):
+        with pytest.raises(ValueError, match=rf"^{name} must be "):
+            make((bad, bad) if name == "milestones" else bad)
+
+
+def _plain(value):
+    return tuple(map(int, value)) if isinstance(value, tuple) else value.item()
+
+
+@pytest.mark.parametrize("schedule", EVERY_SCHEDULE, ids=repr)
+def test_a_numpy_step_gives_the_same_factor(schedule):
+    assert schedule(np.int64(7)) == schedule(7)
+    assert schedule(np.uint8(0)) == schedule(0)
