@@ -617,3 +617,30 @@ def test_unknown_torchvision_name(tmp_path):
         ValueError, match=r"name must be .*cifar10.*fashion_mnist.*'mnist'"
     ):
         load_torchvision("mnist", tmp_path)
+
+
+def _loader(**changes):
+    X, y = torch.arange(20.0).reshape(10, 2), torch.arange(10)
+    args = dict(batch_size=4, shuffle=True, seed=0) | changes
+    return [b.tolist() for b, _ in make_loader(X, y, **args)]
+
+
+NUMPY_ARGUMENTS = [
+    ("batch_size", lambda v: _loader(batch_size=v), np.int64(4)),
+    ("seed", lambda v: _loader(seed=v), np.int64(3)),
+    ("shuffle", lambda v: _loader(shuffle=v), np.bool_(True)),
+    ("drop_last", lambda v: _loader(drop_last=v), np.bool_(True)),
+    ("n_samples", lambda v: make_2d("moons", n_samples=v)[0].tolist(), np.int64(9)),
+    ("noise", lambda v: make_2d("blobs", n_samples=9, noise=v)[0].tolist(),
+     np.float64(0.2)),
+    ("val_size", lambda v: len(load_dataset("digits", val_size=v).y_val),
+     np.int64(100)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "call", "value"), NUMPY_ARGUMENTS)
+def test_numpy_scalars_pass_bools_and_strings_do_not(name, call, value):
+    assert call(value) == call(value.item())  # the same as the Python number
+    for bad in (1, "yes") if isinstance(value, np.bool_) else (True, "3"):
+        with pytest.raises(ValueError, match=rf"^{name} must be "):
+            call(bad)

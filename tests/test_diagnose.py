@@ -129,3 +129,29 @@ def test_gradient_noise_follows_the_sampling_formula():
     for bad in (0, n + 1, 2.0):
         with pytest.raises(ValueError, match="batch_size"):
             gradient_noise(model, loss_fn, X, y, bad)
+
+
+def _noise(**changes):
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(12, 3, generator=g), torch.randint(0, 2, (12,), generator=g)
+    args = dict(batch_size=4, num_draws=2) | changes
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    return gradient_noise(model, torch.nn.functional.cross_entropy, X, y, **args)
+
+
+LOSS = np.exp(np.random.default_rng(0).normal(size=50))
+NUMPY_ARGUMENTS = [
+    ("window", lambda v: moving_average(np.arange(10.0), v), np.int64(5)),
+    ("steps_per_epoch", lambda v: cycle_score(LOSS, v), np.int64(5)),
+    ("batch_size", lambda v: _noise(batch_size=v), np.int64(4)),
+    ("num_draws", lambda v: _noise(num_draws=v), np.int32(3)),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "value"), NUMPY_ARGUMENTS)
+def test_numpy_scalars_pass_bools_and_strings_do_not(name, call, value):
+    assert np.all(call(value) == call(int(value)))
+    for bad in (True, "3"):
+        with pytest.raises(ValueError, match=rf"^{name} must be "):
+            call(bad)

@@ -1,4 +1,5 @@
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 
@@ -60,3 +61,24 @@ def test_plot_landscape_draws_paths():
     (line,) = ax.get_lines()
     assert len(line.get_xdata()) == 6 and ax.get_xlim() == (-1, 1.5)
     plt.close("all")
+
+
+NUMPY_ARGUMENTS = [
+    ("condition", lambda v: Quadratic(v).condition, np.float32(10.0)),
+    ("b", lambda v: Rosenbrock(v).b, np.int64(100)),
+    ("num_steps", lambda v: trajectory(Quadratic(), sgd_0_01, (1.0, 1.0), v).tolist(),
+     np.int64(3)),
+]  # fmt: skip
+
+
+def sgd_0_01(params):
+    return torch.optim.SGD(params, lr=0.01)
+
+
+@pytest.mark.parametrize(("name", "call", "value"), NUMPY_ARGUMENTS)
+def test_numpy_scalars_pass_bools_and_strings_do_not(name, call, value):
+    assert call(value) == call(value.item())
+    for bad in (True, "3"):
+        with pytest.raises(ValueError, match=rf"^{name} must be "):
+            call(bad)
+    assert "np." not in repr(Quadratic(np.float32(10.0)))  # stored as a float

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -58,3 +59,26 @@ def test_cnns_backpropagate_to_every_parameter():
         assert all(
             p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters()
         )
+
+
+NUMPY_ARGUMENTS = [
+    ("in_features", lambda v: MLP(v, [8], 3), np.int64(4)),
+    ("hidden", lambda v: MLP(4, [v, 8], 3), np.int64(8)),
+    ("dropout", lambda v: MLP(4, [8], 3, dropout=v), np.float32(0.5)),
+    ("channels", lambda v: DigitsCNN(channels=v), np.int64(4)),
+    ("length", lambda v: MNIST1DCNN(channels=4, length=v), np.int32(40)),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "value"), NUMPY_ARGUMENTS)
+def test_numpy_scalars_pass_bools_and_strings_do_not(name, call, value):
+    torch.manual_seed(0)
+    model = call(value)
+    torch.manual_seed(0)
+    expected = call(value.item())
+    for got, want in zip(model.state_dict().values(), expected.state_dict().values(),
+                         strict=True):  # fmt: skip
+        assert torch.equal(got, want)
+    for bad in (True, "3"):
+        with pytest.raises(ValueError, match=rf"^{name} must be "):
+            call(bad)

@@ -49,3 +49,25 @@ def test_plot_schedules_scales_by_base_lr():
     )
     assert list(step) == pytest.approx([0.2] * 4 + [0.1] * 4 + [0.05] * 2)
     plt.close("all")
+
+
+NUMPY_ARGUMENTS = [
+    ("smooth", lambda v: plot_step_loss({"a": history(np.linspace(2, 1, 30))},
+                                        smooth=v), np.int64(5)),
+    ("num_steps", lambda v: plot_schedules({"c": Cosine(10)}, v), np.int64(12)),
+    ("base_lr", lambda v: plot_schedules({"c": Cosine(10)}, 12, base_lr=v),
+     np.float32(0.5)),
+    ("log", lambda v: plot_history(history(np.linspace(2, 1, 30)), log=v),
+     np.bool_(True)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "call", "value"), NUMPY_ARGUMENTS)
+def test_numpy_scalars_pass_bools_and_strings_do_not(name, call, value):
+    try:
+        call(value)
+        for bad in (1, "yes") if isinstance(value, np.bool_) else (True, "3"):
+            with pytest.raises(ValueError, match=rf"^{name} must be "):
+                call(bad)
+    finally:
+        plt.close("all")

@@ -1,6 +1,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ from course_lib.train import (
     History,
     evaluate,
     fit,
+    minibatch_indices,
     minibatch_sgd,
 )
 
@@ -232,3 +234,36 @@ def test_evaluate_matches_a_hand_computation():
 def test_history_defaults():
     h = History(steps_per_epoch=3)
     assert h.num_epochs == 0 and h.step_loss == [] and h.stopped is None
+
+
+def _sgd(**changes):
+    X, y, model = small_problem(n=20)
+    args = dict(lr=0.1, batch_size=8, num_epochs=1) | changes
+    return minibatch_sgd(model, X, y, **args)
+
+
+def _fit(num_epochs):
+    model, train, _ = moons_setup(n=60)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return fit(model, train, opt, num_epochs=num_epochs, progress=False)
+
+
+NUMPY_ARGUMENTS = [
+    ("lr", lambda v: _sgd(lr=v), np.float32(0.1)),
+    ("batch_size", lambda v: _sgd(batch_size=v), np.int64(8)),
+    ("num_epochs", lambda v: _sgd(num_epochs=v), np.int64(2)),
+    ("shuffle", lambda v: _sgd(shuffle=v), np.bool_(False)),
+    ("n", lambda v: minibatch_indices(v, 4, shuffle=False, generator=None),
+     np.int64(10)),
+    ("num_epochs", _fit, np.int64(1)),
+    ("patience", lambda v: EarlyStopping(patience=v), np.int64(3)),
+    ("min_delta", lambda v: EarlyStopping(min_delta=v), np.float32(0.01)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "call", "value"), NUMPY_ARGUMENTS)
+def test_numpy_scalars_pass_bools_and_strings_do_not(name, call, value):
+    call(value)
+    for bad in (1, "yes") if isinstance(value, np.bool_) else (True, "3"):
+        with pytest.raises(ValueError, match=rf"^{name} must be "):
+            call(bad)
