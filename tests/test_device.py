@@ -91,3 +91,34 @@ def test_bad_seed_shift_names_the_variable(monkeypatch, text):
     monkeypatch.setenv(dev.SEED_SHIFT_VARIABLE, text)
     with pytest.raises(ValueError, match="COURSE_LIB_SEED_SHIFT"):
         dev.generator(0)
+
+
+NUMPY_ARGUMENTS = [
+    ("seed", dev.shifted_seed, np.int64(3)),
+    ("seed", lambda v: torch.randn(2, generator=dev.generator(v)).tolist(),
+     np.int32(3)),
+    ("prefer", lambda v: str(dev.get_device(v)), "cpu"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "call", "value"), NUMPY_ARGUMENTS)
+def test_numpy_scalars_pass_bools_and_strings_do_not(name, call, value):
+    plain = value if isinstance(value, str) else value.item()
+    assert call(value) == call(plain)
+    for bad in (True, "3", None):
+        with pytest.raises(ValueError, match=rf"^{name} must be "):
+            call(bad)
+
+
+def test_set_deterministic_takes_a_numpy_bool_and_no_int():
+    before = torch.are_deterministic_algorithms_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        dev.set_deterministic(np.bool_(True))
+        assert torch.are_deterministic_algorithms_enabled()
+        with pytest.raises(ValueError, match=r"^enabled must be True or False"):
+            dev.set_deterministic(1)
+    finally:
+        torch.use_deterministic_algorithms(before)
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.deterministic = before

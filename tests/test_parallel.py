@@ -5,6 +5,7 @@ a lambda, a closure and a script's ``__main__`` function check that ``launch``
 also ships functions by value, as a notebook needs.
 """
 
+import math
 import multiprocessing
 import os
 import socket
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -460,3 +462,43 @@ def _torch_sync_bn_on_cpu(rank, world_size):
     except ValueError as err:
         return "refused" if "GPU" in str(err) else str(err)
     return "ran"
+
+
+def _accumulate(micro_batches):
+    X, y = _batches()[0][0], _batches()[1][0]
+    model = _model()
+    loss = accumulate_gradients(model, F.cross_entropy, X, y, micro_batches)
+    return [loss] + [p.grad.tolist() for p in model.parameters()]
+
+
+NUMPY_ARGUMENTS = [
+    ("base_lr", lambda v: scaled_lr(v, 32, 64), np.float64(0.1)),
+    ("batch_size", lambda v: scaled_lr(0.1, 32, v), np.int64(64)),
+    ("warmup_steps", lambda v: warmup_linear_scaling(0.1, 32, 64, v), np.int64(4)),
+    ("micro_batches", _accumulate, np.int64(2)),
+    ("epochs", lambda v: DDPConfig(epochs=v), np.int64(2)),
+    ("lr", lambda v: DDPConfig(lr=v), np.float32(0.5)),
+    ("hidden", lambda v: DDPConfig(hidden=(v,)), np.int64(8)),
+    ("by_hand", lambda v: type(to_sync_batchnorm(torch.nn.BatchNorm1d(3), by_hand=v)),
+     np.bool_(True)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "call", "value"), NUMPY_ARGUMENTS)
+def test_numpy_scalars_pass_bools_and_strings_do_not(name, call, value):
+    assert call(value) == call(value.item())  # DDPConfig: stored as plain numbers
+    for bad in (1, "yes") if isinstance(value, np.bool_) else (True, "3"):
+        with pytest.raises(ValueError, match=rf"^{name} must be "):
+            call((bad,) if name == "hidden" else bad)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [(dict(world_size=True), "world_size"), (dict(world_size="2"), "world_size"),
+     (dict(timeout=True), "timeout"), (dict(timeout=math.nan), "timeout"),
+     (dict(fn=3), "fn")],
+)  # fmt: skip
+def test_launch_refuses_bad_arguments_before_starting_workers(kwargs, name):
+    args = dict(fn=_sum_of_ranks, world_size=2) | kwargs
+    with pytest.raises(ValueError, match=rf"^{name} must be "):
+        launch(args.pop("fn"), args.pop("world_size"), **args)
