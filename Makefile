@@ -16,8 +16,12 @@ export PYTHONUNBUFFERED := 1
 # Where course_lib caches generated datasets (MNIST-1D); kept out of $HOME in CI.
 export COURSE_LIB_CACHE ?= $(abspath _build/cache)
 STAMP := $(VENV)/.installed
-# Every chapter and lab notebook (labs/ may not exist yet in an old checkout).
-NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb labs/*/*.ipynb))
+# The chapters, executed by nbval. The lab notebooks are executed by the
+# grading tests (tests/test_grading.py), which also check how they run.
+CHAPTERS := $(sort $(wildcard chapters/*.ipynb))
+# Independent tests run in 2 processes (pytest-xdist), one thread each; a
+# notebook's cells stay together on one of them (tests/conftest.py).
+XDIST := -n 2 --dist loadgroup
 
 .PHONY: install book test test-gpu test-seeds labs grade bench clean
 
@@ -38,15 +42,14 @@ book: install
 # Unit tests, every chapter and lab notebook under nbval, the book build.
 test: install
 	$(VENV)/bin/ruff check course_lib tests benchmarks
-	$(PY) -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-cell-timeout=300 \
-		--durations=15 -p no:cacheprovider
+	$(PY) -m pytest tests $(CHAPTERS) --nbval-lax --nbval-cell-timeout=300 \
+		$(XDIST) --durations=15 -p no:cacheprovider
 
 # Every chapter again on other seeds (COURSE_LIB_SEED_SHIFT, read by
 # course_lib.device) and with the machine's default thread count: a hidden check
 # that fails here has a margin the data do not support.
-CHAPTERS := $(sort $(wildcard chapters/*.ipynb))
 NBVAL_CHAPTERS = $(PY) -m pytest $(CHAPTERS) --nbval-lax --nbval-cell-timeout=300 \
-	-p no:cacheprovider -q -n 2 --dist loadscope
+	-p no:cacheprovider -q $(XDIST)
 test-seeds: install
 	COURSE_LIB_SEED_SHIFT=1000 $(NBVAL_CHAPTERS)
 	COURSE_LIB_SEED_SHIFT=2000 $(NBVAL_CHAPTERS)

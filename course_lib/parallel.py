@@ -11,7 +11,7 @@ With equal shards of size :math:`B` this is the gradient of the mean loss over
 the global batch of :math:`KB` samples: :math:`K` workers on batches of
 :math:`B` take the same steps as one worker on batches of :math:`KB`.
 
-- :func:`launch` runs a function in ``world_size`` fresh processes joined in a
+- :func:`launch` runs a function in ``world_size`` new processes joined in a
   process group (a notebook's way to run a small multi-process experiment);
   ``torchrun --nproc_per_node=2 -m course_lib.parallel`` is the production way
   (:func:`main`).
@@ -100,6 +100,22 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _context():
+    """Where workers come from: forked from a server that imported torch once.
+
+    A fork of that server starts in a fraction of a second, where a fresh
+    interpreter spends seconds importing torch (measured: 0.15 s against 7 s
+    for 2 workers on a loaded 2-core CPU). The server never runs torch code,
+    so no threads or CUDA state are forked. Where the OS has no fork server
+    (Windows), every worker is a fresh interpreter.
+    """
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "torch.distributed", "cloudpickle", __name__])
+    return ctx
 
 
 def _worker(rank, world_size, port, payload, results) -> None:
@@ -210,7 +226,7 @@ def _collect(processes, results, timeout: float) -> tuple[dict, dict]:
 
 
 def launch(fn: Callable, world_size: int, *args, timeout: float = 120) -> list:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` fresh processes.
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` new processes.
 
     Each worker sets ``MASTER_ADDR``/``MASTER_PORT`` (a free port on this
     machine), calls ``dist.init_process_group`` (NCCL with one GPU per rank
@@ -233,7 +249,7 @@ def launch(fn: Callable, world_size: int, *args, timeout: float = 120) -> list:
     timeout = check_real("timeout", timeout, "(0, inf]")  # inf: wait for ever
     check_callable("fn", fn)
     payload = cloudpickle.dumps((fn, args))
-    ctx = mp.get_context("spawn")
+    ctx = _context()
     results = ctx.Queue()
     port = _free_port()
     processes = [

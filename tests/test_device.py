@@ -78,7 +78,8 @@ def test_seed_shift_moves_every_seed(monkeypatch):
     monkeypatch.setenv(dev.SEED_SHIFT_VARIABLE, "1000")
     assert dev.shifted_seed(3) == 1003
     moved = torch.randn(3, generator=dev.generator(3))
-    assert torch.equal(moved, torch.randn(3, generator=torch.Generator().manual_seed(1003)))
+    expected = torch.randn(3, generator=torch.Generator().manual_seed(1003))
+    assert torch.equal(moved, expected)
     assert not torch.equal(plain, moved)
     dev.seed_everything(3)
     a = torch.randn(2)

@@ -2,7 +2,7 @@
 
 For each lab one grader call grades, in parallel kernels, submissions made
 from its own notebooks: the solution (under an odd file name), the untouched
-student notebook, a partly wrong one, one with a syntax error, one that loops
+student notebook, one with a wrong answer and a syntax error, one that loops
 forever, one that tampers with the checks and one that is not a notebook.
 Each must get the score written next to it. These executions are also the
 test that the solution and the student notebook run to the end: nbval does
@@ -10,7 +10,9 @@ not execute the lab notebooks a second time.
 """
 
 import copy
+import csv
 import json
+import time
 from pathlib import Path
 
 import nbformat
@@ -67,10 +69,25 @@ def insert_after_imports(nb, source: str):
     raise AssertionError("no cell imports the lab's checks")
 
 
-def replace_definition(nb, name: str, body: str):
-    """``nb`` with the answer ``name`` replaced by ``body`` (a whole cell)."""
+def replace_definition(nb, name: str, source: str):
+    """A copy of ``nb`` whose cell defining ``name`` is ``source`` instead."""
     nb = copy.deepcopy(nb)
-    defining_cell(nb, name).source = body
+    defining_cell(nb, name).source = source
+    return nb
+
+
+def answers_and_checks(nb):
+    """``nb`` with only its imports, answers and checks: no demo cells.
+
+    The derived submissions test the grader, not the lab's demos, so they
+    skip the training runs the solution shows.
+    """
+    nb = copy.deepcopy(nb)
+    kept = ("import", "from", "def", "class", "check_", "q")  # q1_passed = ...
+    nb.cells = [
+        c for c in nb.cells
+        if c.cell_type == "code" and c.source.lstrip().startswith(kept)
+    ]  # fmt: skip
     return nb
 
 
@@ -79,74 +96,68 @@ def make_submissions(folder: Path, lab: str) -> dict:
     lab_dir = ROOT / "labs" / lab
     solution = nbformat.read(lab_dir / "solution.ipynb", as_version=4)
     student = nbformat.read(student_path(lab_dir), as_version=4)
-    questions = get_lab(lab).QUESTIONS
-    full = sum(q.points for q in questions.values())
-    # The last question's answer is the one broken below: no earlier answer
-    # calls it, so each break costs exactly its points.
-    last = list(questions.values())[-1]
-    name, rest = last.function, full - last.points
-    kind = "class" if last.function[0].isupper() else "def"
-    signature = defining_cell(solution, name).source.split("\n")[0]
-    wrong = f"{signature}\n    return None\n"
-    broken = signature.rstrip(":") + "\n    return 1\n"  # no colon: a SyntaxError
-    looping = f"{signature}\n    while True:\n        pass\n"
-    if kind == "class":  # an optimizer whose step does nothing, or loops
-        init = (
-            "    def __init__(self, params, **options):\n"
-            "        super().__init__(params, options)\n"
-        )
-        step = "    def step(self, closure=None):\n"
-        wrong = f"{signature}\n{init}{step}        return None\n"
-        looping = f"{signature}\n{init}{step}        while True:\n            pass\n"
+    short = answers_and_checks(solution)
+    questions = list(get_lab(lab).QUESTIONS.values())
+    full = sum(q.points for q in questions)
+    # The last two answers are broken below: no earlier answer calls them, so
+    # each break costs exactly its question's points.
+    last, before = questions[-1], questions[-2]
+    wrong = broken_answer(short, before.function, "return None")
+    syntax = defining_cell(short, last.function).source.split("\n")[0].rstrip(":")
+    wrong = replace_definition(wrong, last.function, f"{syntax}\n    return 1\n")
+    # An endless loop that sleeps: it hangs like a busy loop without taking a core.
+    hang = "while True:\n        time.sleep(0.1)"
+    looping = broken_answer(short, last.function, hang)
+    looping.cells.insert(0, nbformat.v4.new_code_cell("import time"))
     matrix = {
         "Alice solution (2)": (solution, full),
         "bob_untouched": (student, 0),
-        "carol_last_answer_wrong": (replace_definition(solution, name, wrong), rest),
-        "dave_syntax_error": (replace_definition(solution, name, broken), rest),
-        "erin_endless_loop": (replace_definition(solution, name, looping), rest),
+        "carol_wrong_and_syntax_error": (wrong, full - last.points - before.points),
+        "erin_endless_loop": (looping, full - last.points),
         "frank_tampering": (
             insert_after_imports(copy.deepcopy(student), tamper_cell(lab)), 0
         ),
     }
-    for student_name, (nb, _) in matrix.items():
-        nbformat.write(nb, folder / f"{student_name}.ipynb")
+    for name, (nb, _) in matrix.items():
+        nbformat.write(nb, folder / f"{name}.ipynb")
     (folder / "gus_not_a_notebook.ipynb").write_text("{ this is not json")
-    scores = {k: (score, score) for k, (_, score) in matrix.items()}
-    return scores | {"gus_not_a_notebook": (0, 0)}
+    return {k: score for k, (_, score) in matrix.items()} | {"gus_not_a_notebook": 0}
 
 
-_GRADED = {}
+def broken_answer(nb, name: str, body: str):
+    """``nb`` with the answer ``name`` keeping its signature around ``body``.
 
-
-def graded(lab, tmp_path_factory):
-    """({student: Result}, {student: (lo, hi)}, grades folder), graded once."""
-    if lab not in _GRADED:
-        folder = tmp_path_factory.mktemp(f"submissions-{lab}")
-        expected = make_submissions(folder, lab)
-        results = grade_folder(
-            lab, folder, seed=3, cell_timeout=CELL_TIMEOUT, jobs=2
+    A class (an optimizer) keeps a working ``__init__`` and gets ``body`` as
+    its ``step``.
+    """
+    signature = defining_cell(nb, name).source.split("\n")[0]
+    if signature.startswith("class"):
+        body = body.replace("\n", "\n    ")  # one level deeper, inside step
+        source = (
+            f"{signature}\n    def __init__(self, params, **options):\n"
+            "        super().__init__(params, options)\n\n"
+            f"    def step(self, closure=None):\n        {body}\n"
         )
-        write_reports(results, folder / "grades")
-        _GRADED[lab] = ({r.student: r for r in results}, expected, folder / "grades")
-    return _GRADED[lab]
+    else:
+        source = f"{signature}\n    {body}\n"
+    return replace_definition(nb, name, source)
 
 
-@pytest.fixture(params=LABS)
-def lab_grades(request, tmp_path_factory):
-    return request.param, graded(request.param, tmp_path_factory)
-
-
-def test_every_submission_gets_its_score(lab_grades):
-    _, (results, expected, _) = lab_grades
-    assert sorted(results) == sorted(expected)
+@pytest.mark.parametrize("lab", LABS)
+def test_grading_the_matrix_of_submissions(lab, tmp_path):
+    """One grader call per lab: every score, and why each lost what it lost."""
+    expected = make_submissions(tmp_path, lab)
+    results = grade_folder(lab, tmp_path, seed=3, cell_timeout=CELL_TIMEOUT, jobs=2)
+    write_reports(results, tmp_path / "grades")
+    results = {r.student: r for r in results}
     scores = {name: r.total for name, r in results.items()}
-    for name, (low, high) in expected.items():
-        assert low - 1e-9 <= scores[name] <= high + 1e-9, (name, scores)
-
-
-def test_solution_and_student_notebooks_run_to_the_end(lab_grades):
-    lab, (results, _, _) = lab_grades
+    assert scores == pytest.approx(expected), scores
     questions = get_lab(lab).QUESTIONS
+    check_solution_and_student_ran_to_the_end(results, questions)
+    check_the_grader_says_why(results, questions, tmp_path / "grades")
+
+
+def check_solution_and_student_ran_to_the_end(results, questions):
     solution, student = results["Alice solution (2)"], results["bob_untouched"]
     assert solution.errors == [] and student.errors == []
     assert solution.printed.count("[pass]") == len(questions)
@@ -155,35 +166,33 @@ def test_solution_and_student_notebooks_run_to_the_end(lab_grades):
     for key, q in solution.questions.items():  # the hidden cases were graded too
         assert len(q.cases) > len(questions[key].public_cases())
         assert all(c["passed"] for c in q.cases), (key, q.cases)
+    frank = results["frank_tampering"]  # every check printed a pass, all patched
+    assert frank.printed.count("[pass] (patched)") == len(questions)
 
 
-def test_tampering_prints_passes_but_scores_zero(lab_grades):
-    lab, (results, _, _) = lab_grades
-    frank = results["frank_tampering"]
-    assert frank.printed.count("[pass] (patched)") == len(get_lab(lab).QUESTIONS)
-    assert frank.total == 0
+def check_the_grader_says_why(results, questions, grades: Path):
+    *_, before, last = questions
 
-
-def test_the_grader_says_why(lab_grades):
-    lab, (results, _, grades) = lab_grades
-    last = list(get_lab(lab).QUESTIONS)[-1]
-
-    def first_message(student, key=last):
+    def first_message(student, key):
         return results[student].questions[key].cases[0]["message"]
 
-    assert any("timed out" in e for e in results["erin_endless_loop"].errors)
-    assert first_message("erin_endless_loop").startswith("no answer")
-    assert any("SyntaxError" in e for e in results["dave_syntax_error"].errors)
-    function = get_lab(lab).QUESTIONS[last].function
-    assert first_message("dave_syntax_error") == (
+    erin = results["erin_endless_loop"]
+    assert any("timed out" in e for e in erin.errors), erin.errors
+    assert first_message("erin_endless_loop", last).startswith("no answer"), erin
+    carol = results["carol_wrong_and_syntax_error"]
+    assert any("SyntaxError" in e for e in carol.errors), carol.errors
+    function = questions[last].function
+    assert first_message("carol_wrong_and_syntax_error", last) == (
         f"no function named {function} in the notebook"
     )
-    assert first_message("carol_last_answer_wrong")  # says what is wrong
+    assert first_message("carol_wrong_and_syntax_error", before)  # what is wrong
     gus = results["gus_not_a_notebook"]
     assert "not a readable notebook" in gus.errors[0]
     assert first_message("gus_not_a_notebook", "q1").startswith("no answer")
-    rows = (grades / "grades.csv").read_text().splitlines()
-    assert rows[0].startswith("student,notebook,q1,") and len(rows) == 1 + len(results)
+    with open(grades / "grades.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:3] == ["student", "notebook", "q1"]
+    assert len(rows) == 1 + len(results)
     report = json.loads((grades / "grades.json").read_text())
     assert {r["student"] for r in report} == set(results)
 
@@ -210,6 +219,14 @@ def test_extraction_cell_writes_the_answers(tmp_path):
     write_answers("lab01_sgd", "q4", right, tmp_path / "cases.pt", tmp_path / "a.pt")
     answers = torch.load(tmp_path / "a.pt", weights_only=True)
     assert all(isinstance(a, torch.Tensor) for a in answers)
+    hang = {"step_decay": lambda step, size, gamma: time.sleep(60)}
+    start = time.monotonic()
+    write_answers("lab01_sgd", "q4", hang, tmp_path / "cases.pt", tmp_path / "c.pt",
+                  case_timeout=0.5)  # fmt: skip
+    assert time.monotonic() - start < 5  # one time limit, not one per case
+    late = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert late[0]["message"] == "no answer: the case ran past 0.5 s"
+    assert late[1]["message"] == "no answer: not run, an earlier case timed out"
     write_answers("lab01_sgd", "q4", {}, tmp_path / "cases.pt", tmp_path / "b.pt")
     missing = torch.load(tmp_path / "b.pt", weights_only=True)[0]
     assert missing == {"__error__": "NoAnswer",

@@ -106,11 +106,12 @@ def _no_children_left() -> bool:
         import psutil  # optional: also sees processes multiprocessing forgot
     except ImportError:
         return True
-    # the resource tracker is a helper of the parent, not a worker
+    # the resource tracker and the fork server are helpers of the parent
+    helpers = ("resource_tracker", "forkserver")
     return not [
         c
         for c in psutil.Process().children(recursive=True)
-        if "resource_tracker" not in " ".join(c.cmdline())
+        if not any(h in " ".join(c.cmdline()) for h in helpers)
     ]
 
 

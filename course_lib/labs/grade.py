@@ -32,6 +32,7 @@ import csv
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -48,13 +49,18 @@ from . import get_lab
 from .checks import NoAnswer, NotImplementedYet, StudentError, judge, run_one
 
 
-def extraction_cell(lab: str, key: str, cases: str, answers: str) -> str:
+def extraction_cell(
+    lab: str, key: str, cases: str, answers: str, case_timeout: float = 20.0
+) -> str:
     """The cell appended to a submission to write its answers to ``key``.
 
     It drops every ``course_lib`` module the notebook imported (a fresh
     import undoes monkeypatching of course_lib) and calls :func:`write_answers`.
     """
-    call = f"write_answers({lab!r}, {key!r}, globals(), {cases!r}, {answers!r})"
+    call = (
+        f"write_answers({lab!r}, {key!r}, globals(), {cases!r}, {answers!r}, "
+        f"case_timeout={case_timeout!r})"
+    )
     return (
         "import importlib as _importlib, sys as _sys\n"
         "for _name in [m for m in _sys.modules if m.split('.')[0] == 'course_lib']:\n"
@@ -63,28 +69,59 @@ def extraction_cell(lab: str, key: str, cases: str, answers: str) -> str:
     )
 
 
-def write_answers(lab: str, key: str, namespace: dict, cases: str, answers: str):
+class CaseTimeout(BaseException):  # not caught by run_one's `except Exception`
+    """One case of an answer ran past its time limit (in :func:`write_answers`)."""
+
+
+def _on_alarm(signum, frame):
+    raise CaseTimeout
+
+
+def write_answers(
+    lab: str, key: str, namespace: dict, cases, answers, case_timeout: float = 20.0
+):
     """Run the notebook's answer to ``key`` on every case; save the outputs.
 
     ``namespace`` is the notebook's globals; the answer is the function named
     as the question says. Each output, or the error it raised (as a plain
-    record), goes into the list saved with ``torch.save`` at ``answers``.
+    record), goes into the list saved with ``torch.save`` at ``answers``. A
+    case that runs past ``case_timeout`` seconds is recorded as timed out and
+    the cases after it are not run, so an endless loop costs one time limit.
     """
     question = get_lab(lab).QUESTIONS[key]
     inputs = torch.load(cases, weights_only=True)[key]
     fn = namespace.get(question.function)
     if not callable(fn):
         missing = f"no function named {question.function} in the notebook"
-        outputs = [{"__error__": "NoAnswer", "message": missing}] * len(inputs)
-    else:
-        outputs = [_record(run_one(question, fn, case)) for case in inputs]
+        torch.save([_error("NoAnswer", missing)] * len(inputs), answers)
+        return
+    outputs = []
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        for case in inputs:
+            signal.setitimer(signal.ITIMER_REAL, case_timeout)
+            try:
+                outputs.append(_record(run_one(question, fn, case)))
+            except CaseTimeout:
+                late = f"no answer: the case ran past {case_timeout:g} s"
+                outputs.append(_error("NoAnswer", late))
+                break
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    skipped = "no answer: not run, an earlier case timed out"
+    outputs += [_error("NoAnswer", skipped)] * (len(inputs) - len(outputs))
     torch.save(outputs, answers)
+
+
+def _error(kind: str, message: str) -> dict:
+    return {"__error__": kind, "message": message}
 
 
 def _record(output):
     if isinstance(output, Exception):
-        kind = getattr(output, "type_name", type(output).__name__)
-        return {"__error__": kind, "message": str(output)}
+        return _error(getattr(output, "type_name", type(output).__name__), str(output))
     return output
 
 
@@ -153,9 +190,8 @@ def _execute(nb, workdir: Path, cell_timeout: int) -> list[str]:
             if out.get("ename") == "KeyboardInterrupt":  # nbclient's timeout interrupt
                 errors.append(f"cell {i}: timed out after {cell_timeout} s")
             else:
-                errors.append(
-                    f"cell {i}: {out.get('ename')}: {out.get('evalue')}"[:300]
-                )
+                text = f"cell {i}: {out.get('ename')}: {out.get('evalue')}"
+                errors.append(" ".join(text.split())[:300])  # one line
     return errors
 
 
@@ -178,7 +214,9 @@ def grade_notebook(
         if nb is not None:
             own_cells = len(nb.cells)
             for key in questions:
-                source = extraction_cell(lab, key, "cases.pt", f"answers_{key}.pt")
+                source = extraction_cell(
+                    lab, key, "cases.pt", f"answers_{key}.pt", cell_timeout / 2
+                )
                 nb.cells.append(nbformat.v4.new_code_cell(source))
             result.errors = _execute(nb, workdir, cell_timeout)
             result.printed = _printed(nb.cells[:own_cells])
