@@ -130,8 +130,8 @@ def student_line(tb) -> str:
     """``"line N: <code>"`` of the innermost frame of ``tb`` in the student's code."""
     frames = traceback.extract_tb(tb)
     mine = [f for f in frames if not f.filename.startswith(_NOT_STUDENT)]
-    if not mine:  # e.g. the harness could not use what the function returned
-        return "the check's harness, on what your function returned"
+    if not mine:  # e.g. a wrong signature, or an output the harness cannot use
+        return "the check's harness, calling your function or using what it returned"
     return f"line {mine[-1].lineno}: {(mine[-1].line or '').strip()}"
 
 
@@ -143,7 +143,7 @@ def _line_in_text(text: str) -> str:
     frames = _FRAME.findall(text)
     mine = [f for f in frames if not f[0].startswith(_NOT_STUDENT)]
     if not mine:
-        return "the check's harness, on what your function returned"
+        return "the check's harness, calling your function or using what it returned"
     _, lineno, line = mine[-1]
     return f"line {lineno}: {line.strip()}"
 

@@ -348,9 +348,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         get_lab(args.lab)
-        submissions(args.submissions)
         if args.jobs is not None and args.jobs < 1:
             raise ValueError(f"--jobs must be a positive integer, got {args.jobs}")
+        submissions(args.submissions)
     except ValueError as err:
         print(f"grade: {err}", file=sys.stderr)
         return 2
