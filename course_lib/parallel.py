@@ -535,7 +535,7 @@ def _shard_loader(X, y, rank, world_size, config: DDPConfig):
     # batch b of one process with batch_size * K and the same permutation.
     sampler = DistributedSampler(
         TensorDataset(X, y), num_replicas=world_size, rank=rank,
-        shuffle=True, seed=config.seed, drop_last=True,
+        shuffle=True, seed=shifted_seed(config.seed), drop_last=True,
     )  # fmt: skip
     return sampler, DataLoader(sampler.dataset, config.batch_size, sampler=sampler)
 
