@@ -19,9 +19,11 @@ STAMP := $(VENV)/.installed
 # The chapters, executed by nbval. The lab notebooks are executed by the
 # grading tests (tests/test_grading.py), which also check how they run.
 CHAPTERS := $(sort $(wildcard chapters/*.ipynb))
-# Independent tests run in 2 processes (pytest-xdist), one thread each; a
-# notebook's cells stay together on one of them (tests/conftest.py).
-XDIST := -n 2 --dist loadgroup
+# Independent tests run in 2 processes (pytest-xdist), one thread each. A
+# notebook's cells share one kernel, so each notebook (and each test module
+# or class) goes whole to one worker: --dist loadscope. (loadgroup would be
+# finer, but xdist 3.8's group names do not reach pytest 9's node ids.)
+XDIST := -n 2 --dist loadscope
 
 .PHONY: install book test test-gpu test-seeds labs grade bench clean
 

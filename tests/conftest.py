@@ -13,9 +13,3 @@ def mnist1d(tmp_path_factory):
 
     return load_dataset("mnist1d", cache_dir=tmp_path_factory.mktemp("cache"))
 
-
-def pytest_collection_modifyitems(items):
-    """Keep each notebook's cells on one xdist worker (they share one kernel)."""
-    for item in items:
-        if item.nodeid.split("::")[0].endswith(".ipynb"):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

@@ -3,7 +3,8 @@
 For each lab one grader call grades, in parallel kernels, submissions made
 from its own notebooks: the solution (under an odd file name), the untouched
 student notebook, one with a wrong answer and a syntax error, one that loops
-forever, one that tampers with the checks and one that is not a notebook.
+forever, one that tampers with the checks, one whose answers hand the work
+to the lab's references, and one that is not a notebook.
 Each must get the score written next to it. These executions are also the
 test that the solution and the student notebook run to the end: nbval does
 not execute the lab notebooks a second time.
@@ -110,8 +111,15 @@ def make_submissions(folder: Path, lab: str) -> dict:
     hang = "while True:\n        time.sleep(0.1)"
     looping = broken_answer(short, last.function, hang)
     looping.cells.insert(0, nbformat.v4.new_code_cell("import time"))
+    delegating = copy.deepcopy(short)
+    for q in questions:  # every answer hands the work to the lab's reference
+        defining_cell(delegating, q.function).source = (
+            f"from course_lib.labs.{lab} import QUESTIONS as _QUESTIONS\n"
+            f"{q.function} = _QUESTIONS[{q.key!r}].reference\n"
+        )
     matrix = {
         "Alice solution (2)": (solution, full),
+        "ivan_delegates_to_the_references": (delegating, 0),
         "bob_untouched": (student, 0),
         "carol_wrong_and_syntax_error": (wrong, full - last.points - before.points),
         "erin_endless_loop": (looping, full - last.points),
@@ -144,9 +152,26 @@ def broken_answer(nb, name: str, body: str):
     return replace_definition(nb, name, source)
 
 
-@pytest.mark.parametrize("lab", LABS)
-def test_grading_the_matrix_of_submissions(lab, tmp_path):
-    """One grader call per lab: every score, and why each lost what it lost."""
+class GradingMatrix:
+    """One grader call per lab: every score, and why each lost what it lost.
+
+    A class per lab (made below), so that pytest-xdist's ``--dist loadscope``
+    grades the labs on different workers.
+    """
+
+    lab: str
+
+    def test_grading_the_matrix_of_submissions(self, tmp_path):
+        grade_the_matrix(self.lab, tmp_path)
+
+
+for _lab in LABS:
+    globals()[f"TestGrading_{_lab}"] = type(
+        f"TestGrading_{_lab}", (GradingMatrix,), {"lab": _lab}
+    )
+
+
+def grade_the_matrix(lab: str, tmp_path: Path):
     expected = make_submissions(tmp_path, lab)
     results = grade_folder(lab, tmp_path, seed=3, cell_timeout=CELL_TIMEOUT, jobs=2)
     write_reports(results, tmp_path / "grades")
@@ -169,6 +194,11 @@ def check_solution_and_student_ran_to_the_end(results, questions):
         assert all(c["passed"] for c in q.cases), (key, q.cases)
     frank = results["frank_tampering"]  # every check printed a pass, all patched
     assert frank.printed.count("[pass] (patched)") == len(questions)
+    ivan = results["ivan_delegates_to_the_references"]
+    assert ivan.printed.count("[FAIL]") == len(questions), ivan.printed
+    assert ivan.printed.count("not allowed: it uses") == len(questions)
+    for q in ivan.questions.values():
+        assert q.cases[0]["message"].startswith("not allowed: it uses"), q.cases[0]
 
 
 def check_the_grader_says_why(results, questions, grades: Path):
@@ -205,7 +235,6 @@ def test_extraction_cell_writes_the_answers(tmp_path):
     import torch
 
     from course_lib.labs import lab01_sgd as lab1
-    from course_lib.schedules import StepDecay
 
     q = lab1.QUESTIONS["q4"]
     cases = {"q4": [inputs for _, inputs in q.public_cases()]}
@@ -223,7 +252,7 @@ def test_extraction_cell_writes_the_answers(tmp_path):
     answers = torch.load(tmp_path / "answers.pt", weights_only=True)
     assert [a["__error__"] for a in answers] == ["ZeroDivisionError"] * len(cases["q4"])
     def step_decay(step, step_size, gamma):
-        return StepDecay(step_size, gamma)(step)
+        return gamma ** (step // step_size)
 
     right = {"step_decay": step_decay}
     write_answers("lab01_sgd", "q4", right, tmp_path / "cases.pt", tmp_path / "a.pt")

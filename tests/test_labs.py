@@ -13,8 +13,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from course_lib import optim as course_optim
 from course_lib.diagnose import diagnose
-from course_lib.labs import LABS, checks, get_lab
+from course_lib.labs import LABS, checks, forbid, get_lab
 from course_lib.labs import lab01_sgd as lab1
 from course_lib.labs import lab02_optim as lab2
 from course_lib.labs import lab03_parallel as lab3
@@ -318,8 +319,7 @@ def test_every_hidden_case_is_passed_by_the_reference(lab):
         if q.expected is not None and key != "q2":  # judged by the produced pattern
             continue
         for label, inputs in q.public_cases() + q.hidden_cases(3):
-            out = checks.run_one(q, q.reference, inputs)
-            assert not isinstance(out, Exception), (key, label, out)
+            out = q.run(q.reference, inputs)  # not run_one: it forbids references
             assert checks.judge(q, q.expected_outputs(inputs), out) is None, label
 
 
@@ -431,3 +431,88 @@ def test_check_survives_answers_that_cannot_be_compared(capsys):
 def test_messages_truncate_long_values():
     message = checks.compare("short", "x" * 100_000, rtol=0, atol=0)
     assert len(message) < 400 and "more characters" in message
+
+
+# --- forbidden objects: detected by what runs, however it is reached ----------------
+
+
+class SubclassedAdam(torch.optim.Adam):
+    pass
+
+
+_CAPTURED_STEP = torch.optim.Adam.step  # a method reference taken early
+
+
+class CapturedStepAdam(torch.optim.Optimizer):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        # the defaults torch.optim.Adam.step reads
+        defaults = torch.optim.Adam([torch.zeros(1, requires_grad=True)]).defaults
+        super().__init__(params, defaults | dict(lr=lr, betas=betas, eps=eps))
+
+    def step(self, closure=None):
+        return _CAPTURED_STEP(self, closure)
+
+
+def step_decay_by_computed_name(step, step_size, gamma):
+    import course_lib.schedules as schedules
+
+    return getattr(schedules, "Step" + "Decay")(step_size, gamma)(step)
+
+
+def step_decay_through_torch(step, step_size, gamma):
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size, gamma)
+    for _ in range(step):
+        optimizer.step()
+        scheduler.step()
+    return scheduler.get_last_lr()[0]
+
+
+def averaging_by_the_course(model):
+    from course_lib.parallel import average_gradients as helper  # another name
+
+    helper(model)
+
+
+@pytest.mark.parametrize(
+    "check, answer, used",
+    [
+        (lab2.check_q3, SubclassedAdam, "torch.optim.Adam"),
+        (lab2.check_q3, CapturedStepAdam, "torch.optim.Adam"),
+        (lab2.check_q3, course_optim.Adam, "course_lib.optim.Adam"),
+        (lab1.check_q4, step_decay_by_computed_name, "course_lib.schedules.StepDecay"),
+        (lab1.check_q4, step_decay_through_torch, "torch.optim.lr_scheduler.StepLR"),
+        (lab1.check_q7, lab1.QUESTIONS["q7"].reference, "course_lib.labs"),
+        (lab1.check_q7, lambda h: diagnose(h).name, "course_lib.diagnose.diagnose"),
+        (lab3.check_q2, averaging_by_the_course, "course_lib.parallel.average_grad"),
+    ],
+)
+def test_a_forbidden_object_fails_the_check_and_is_named(capsys, check, answer, used):
+    assert check(answer) is False
+    out = capsys.readouterr().out
+    assert f"not allowed: it uses {used}" in out, out  # the name, maybe cut here
+    assert "which already computes this answer" in out
+
+
+def test_allowed_building_blocks_stay_allowed(capsys):
+    """Optimizer as a base class, autograd, nn modules and torch.distributed."""
+
+    def average_gradients(model):
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= dist.get_world_size()
+
+    assert lab2.check_q3(lambda params, **kw: FlawedAdam(params, **kw)) is True
+    assert lab3.check_q2(average_gradients) is True
+    assert "not allowed" not in capsys.readouterr().out
+
+
+def test_every_declared_forbidden_name_resolves():
+    for lab in LABS:
+        for q in get_lab(lab).QUESTIONS.values():
+            rules = forbid.rules(q.forbidden)
+            assert rules.code_names or rules.folders, (lab, q.key)
+            for name in q.forbidden:  # each name brings code to watch
+                obj = forbid._resolve(name)
+                assert forbid._codes(obj) or hasattr(obj, "__path__"), name

@@ -25,13 +25,14 @@ import keyword
 import math
 import re
 import sys
-import sysconfig
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
+
+from . import forbid
+from .forbid import is_student_code
 
 Inputs = dict
 Case = tuple[str, Inputs]  # (label shown to the student, inputs of the run)
@@ -112,24 +113,10 @@ class StudentError(Exception):
         self.type_name = type_name
 
 
-# Code in these folders is not the student's: torch, course_lib, the stdlib and
-# installed packages. A traceback's last frame outside them is the student's line.
-_NOT_STUDENT = tuple(
-    str(path)
-    for path in (
-        Path(torch.__file__).parent,
-        Path(__file__).parents[1],
-        sysconfig.get_paths()["stdlib"],
-        sysconfig.get_paths()["purelib"],
-        sysconfig.get_paths()["platlib"],
-    )
-)
-
-
 def student_line(tb) -> str:
     """``"line N: <code>"`` of the innermost frame of ``tb`` in the student's code."""
     frames = traceback.extract_tb(tb)
-    mine = [f for f in frames if not f.filename.startswith(_NOT_STUDENT)]
+    mine = [f for f in frames if is_student_code(f.filename)]
     if not mine:  # e.g. a wrong signature, or an output the harness cannot use
         return "the check's harness, calling your function or using what it returned"
     return f"line {mine[-1].lineno}: {(mine[-1].line or '').strip()}"
@@ -141,7 +128,7 @@ _FRAME = re.compile(r'File "([^"]+)", line (\d+), in [^\n]*\n((?: {4}[^\n]*)?)')
 def _line_in_text(text: str) -> str:
     """:func:`student_line` for a traceback that arrived as text."""
     frames = _FRAME.findall(text)
-    mine = [f for f in frames if not f[0].startswith(_NOT_STUDENT)]
+    mine = [f for f in frames if is_student_code(f[0])]
     if not mine:
         return "the check's harness, calling your function or using what it returned"
     _, lineno, line = mine[-1]
@@ -155,15 +142,28 @@ def run_one(question: Question, fn: Callable, inputs: Inputs):
     other exception a :class:`StudentError` that names the student's own line
     (not the innermost frame, which is often inside torch).
     """
+    names = question.forbidden
+    used = forbid.rules(names).answer_is_forbidden(fn)
+    if used:
+        return StudentError("ForbiddenUse", str(forbid.ForbiddenUse(used)))
+    watch = forbid.Watch(forbid.rules(names))
     try:
-        return question.run(fn, inputs)
+        with watch:
+            out = question.run(forbid.Guarded(fn, names), inputs)
+        if watch.used:
+            raise forbid.ForbiddenUse(watch.used)
+        return out
     except NotImplementedError:
         return NotImplementedYet(f"{question.function} is not implemented yet")
     except Exception as err:  # noqa: BLE001 - any student error is a finding
+        if watch.used:  # the forbidden call came first, whatever failed after it
+            return StudentError("ForbiddenUse", str(forbid.ForbiddenUse(watch.used)))
         # A worker's error (course_lib.parallel.WorkerError) carries its type
         # name, message and traceback text from the other process.
         type_name = getattr(err, "type_name", type(err).__name__)
         text = shorten(getattr(err, "message", None) or str(err), 300)
+        if type_name == "ForbiddenUse":  # where it was called does not matter
+            return StudentError(type_name, text)
         tb = getattr(err, "traceback", None)
         where = _line_in_text(tb) if isinstance(tb, str) else student_line(
             err.__traceback__
@@ -269,6 +269,14 @@ def _compare_tensors(expected, actual, *, rtol, atol, at) -> str | None:
     )
 
 
+NOT_ALLOWED = "not allowed"  # how a verdict on a forbidden use starts
+
+
+def is_forbidden_use(actual) -> bool:
+    """True if an outcome of :func:`run_one` is a forbidden use."""
+    return getattr(actual, "type_name", None) == "ForbiddenUse"
+
+
 def judge(question: Question, expected, actual) -> str | None:
     """None if right; else why not (also for an exception the student's code raised).
 
@@ -276,6 +284,8 @@ def judge(question: Question, expected, actual) -> str | None:
     """
     if isinstance(actual, (NotImplementedYet, NoAnswer)):
         return str(actual)
+    if is_forbidden_use(actual):
+        return f"{NOT_ALLOWED}: {actual}".replace("ForbiddenUse: ", "")
     if isinstance(actual, Exception):
         type_name = getattr(actual, "type_name", type(actual).__name__)
         text = str(actual) if isinstance(actual, StudentError) else (
@@ -317,8 +327,8 @@ def _check(question: Question, fn, header: str) -> bool:
     for label, inputs in cases:
         expected = question.expected_outputs(inputs)
         actual = run_one(question, fn, inputs)
-        if isinstance(actual, NotImplementedYet):
-            print(f"[FAIL] {header}: {actual}")
+        if isinstance(actual, NotImplementedYet) or is_forbidden_use(actual):
+            print(f"[FAIL] {header}: {judge(question, expected, actual)}")
             return False
         problem = judge(question, expected, actual)
         if problem:

@@ -46,7 +46,14 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from . import get_lab
-from .checks import NoAnswer, NotImplementedYet, StudentError, judge, run_one
+from .checks import (
+    NOT_ALLOWED,
+    NoAnswer,
+    NotImplementedYet,
+    StudentError,
+    judge,
+    run_one,
+)
 
 
 def extraction_cell(
@@ -244,6 +251,8 @@ def _score(question, cases, expected, answers_file: Path) -> QuestionResult:
             {"case": label, "passed": problem is None, "message": problem or ""}
         )
     passed = sum(v["passed"] for v in verdicts)
+    if any(v["message"].startswith(NOT_ALLOWED) for v in verdicts):
+        passed = 0  # a forbidden object anywhere costs the whole question
     return QuestionResult(
         question.points * passed / len(cases), question.points, verdicts
     )
