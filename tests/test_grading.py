@@ -305,3 +305,43 @@ def test_command_line_grades_a_folder(tmp_path, capsys):
     rows = (tmp_path / "out" / "grades.csv").read_text().splitlines()
     assert rows[1].startswith("ada,") and ",7,7," in rows[1]
     assert "ada: 7/7" in capsys.readouterr().out
+
+
+def test_only_a_regular_file_of_bounded_size_is_loaded(tmp_path, monkeypatch):
+    import os
+
+    import torch
+
+    from course_lib.labs import grade
+    from course_lib.labs.checks import NoAnswer
+
+    torch.save([1.0, "two"], tmp_path / "fine.pt")
+    assert grade.load_answers(tmp_path / "fine.pt") == [1.0, "two"]
+    os.mkfifo(tmp_path / "pipe.pt")  # would block torch.load forever
+    (tmp_path / "link.pt").symlink_to(tmp_path / "fine.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle")
+    monkeypatch.setattr(grade, "MAX_ANSWERS_BYTES", 10)
+    reasons = {
+        name: grade.load_answers(tmp_path / name)
+        for name in ["missing.pt", "pipe.pt", "link.pt", "fine.pt"]
+    }
+    assert all(isinstance(r, NoAnswer) for r in reasons.values()), reasons
+    assert "did not finish" in str(reasons["missing.pt"])
+    assert "not a regular file" in str(reasons["pipe.pt"])
+    assert "not a regular file" in str(reasons["link.pt"])
+    assert "over 10 bytes" in str(reasons["fine.pt"])
+    monkeypatch.setattr(grade, "MAX_ANSWERS_BYTES", 10**6)
+    assert "could not be read" in str(grade.load_answers(tmp_path / "junk.pt"))
+
+
+def test_reports_are_written_whole(tmp_path):
+    from course_lib.labs.grade import QuestionResult, Result
+
+    result = Result("ada", "ada.ipynb", {"q1": QuestionResult(1.0, 1.0, [])},
+                    errors=["cell 3: ValueError: a\nmultiline message"])  # fmt: skip
+    write_reports([result], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grades.csv", "grades.json"]
+    with open(tmp_path / "grades.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[1][:3] == ["ada", "ada.ipynb", "1"]
+    assert json.loads((tmp_path / "grades.json").read_text())[0]["total"] == 1.0

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import multiprocessing
 import os
@@ -235,13 +236,35 @@ def grade_notebook(
     return result
 
 
+MAX_ANSWERS_BYTES = 16 * 2**20  # one question's outputs are kilobytes; a cap
+
+
+def load_answers(path: Path):
+    """The answers a submission wrote, or a :class:`NoAnswer` saying why not.
+
+    Only a regular file below :data:`MAX_ANSWERS_BYTES` is read (a named pipe
+    would block ``torch.load``, a huge file would fill the grader's memory),
+    and only with ``weights_only=True`` (tensors and plain values, no code).
+    """
+    path = Path(path)
+    if not path.exists():
+        missing = "no answer: the grading cell did not finish (time-out or crash)"
+        return NoAnswer(missing)
+    if not path.is_file() or path.is_symlink():
+        return NoAnswer("no answer: the answers file is not a regular file")
+    if path.stat().st_size > MAX_ANSWERS_BYTES:
+        return NoAnswer(f"no answer: the answers are over {MAX_ANSWERS_BYTES} bytes")
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 - a forged or truncated file
+        return NoAnswer("no answer: the answers file could not be read")
+
+
 def _score(question, cases, expected, answers_file: Path) -> QuestionResult:
     labels = [label for label, _ in cases]
-    try:
-        answers = torch.load(answers_file, weights_only=True)
-    except Exception:  # noqa: BLE001 - missing or forged file: no answers
-        missing = "no answer: the grading cell did not finish (time-out or crash)"
-        answers = [NoAnswer(missing)] * len(cases)
+    answers = load_answers(answers_file)
+    if isinstance(answers, NoAnswer):
+        answers = [answers] * len(cases)
     if not isinstance(answers, list) or len(answers) != len(cases):
         answers = [NoAnswer("no answer: malformed answers file")] * len(cases)
     verdicts = []
@@ -327,10 +350,18 @@ def summary_line(result: Result) -> str:
     )
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a
+    reader never sees half a report."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, newline="")
+    os.replace(tmp, path)
+
+
 def write_reports(results: list[Result], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     keys = list(results[0].questions) if results else []
-    with open(out / "grades.csv", "w", newline="") as f:
+    with io.StringIO(newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["student", "notebook", *keys, "total", "max", "errors"])
         for r in results:
@@ -340,8 +371,9 @@ def write_reports(results: list[Result], out: Path) -> None:
             writer.writerow(
                 [r.student, r.notebook, *scores, f"{r.total:g}", f"{best:g}", errors]
             )
+        _write_atomically(out / "grades.csv", f.getvalue())
     payload = [asdict(r) | {"total": r.total} for r in results]
-    (out / "grades.json").write_text(json.dumps(payload, indent=1))
+    _write_atomically(out / "grades.json", json.dumps(payload, indent=1))
 
 
 def main(argv=None) -> int:
