@@ -516,3 +516,13 @@ def test_every_declared_forbidden_name_resolves():
             for name in q.forbidden:  # each name brings code to watch
                 obj = forbid._resolve(name)
                 assert forbid._codes(obj) or hasattr(obj, "__path__"), name
+
+
+def test_lab1_histories_are_cached_on_disk(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_LIB_CACHE", str(tmp_path))
+    first = lab1._histories.__wrapped__(5)
+    assert len(list(tmp_path.glob("lab01-histories-*.json"))) == 1
+    monkeypatch.setattr(lab1, "demo_run", None)  # a second call must not train
+    again = lab1._histories.__wrapped__(5)
+    assert json.dumps(again) == json.dumps(first)
+    assert [name for name, _ in again] == list(lab1.PATHOLOGIES)
