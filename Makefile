@@ -68,10 +68,11 @@ labs: install
 	$(PY) -m course_lib.labs.generate labs
 
 # Grade a folder of submissions: make grade LAB=lab01_sgd SUBMISSIONS=path/to/folder
+# [SEED=n] (default: a random seed for the hidden cases, recorded in grades/run.json)
 grade: install
 	@test -n "$(LAB)" -a -n "$(SUBMISSIONS)" || \
-		{ echo "usage: make grade LAB=lab01_sgd SUBMISSIONS=folder"; exit 2; }
-	$(PY) -m course_lib.labs.grade $(LAB) $(SUBMISSIONS)
+		{ echo "usage: make grade LAB=lab01_sgd SUBMISSIONS=folder [SEED=n]"; exit 2; }
+	$(PY) -m course_lib.labs.grade $(LAB) $(SUBMISSIONS) $(if $(SEED),--seed $(SEED))
 
 # Step time of course_lib.optim against torch.optim (for-loop and foreach paths);
 # throughput of 1 vs 2 processes with DDP and the all-reduce time per step.

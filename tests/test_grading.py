@@ -304,7 +304,31 @@ def test_command_line_grades_a_folder(tmp_path, capsys):
     assert main(argv + ["--jobs", "1"]) == 0
     rows = (tmp_path / "out" / "grades.csv").read_text().splitlines()
     assert rows[1].startswith("ada,") and ",7,7," in rows[1]
-    assert "ada: 7/7" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ada: 7/7" in out
+    # no --seed: a random one, recorded for the instructor and printed
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["lab"] == "lab02_optim" and f"--seed {run['seed']} grades" in out
+
+
+def test_a_process_left_running_by_a_notebook_is_killed(tmp_path):
+    """One started in the kernel's process group (not one that starts a session
+    of its own: that needs a container)."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nb.cells = [nbformat.v4.new_code_cell(
+        "import subprocess\nchild = subprocess.Popen(['sleep', '300'])\n"
+        "print('child', child.pid)"
+    )]  # fmt: skip
+    nbformat.write(nb, tmp_path / "leaver.ipynb")
+    lab = "lab03_parallel"
+    (result,) = grade_folder(lab, tmp_path, seed=0, cell_timeout=30, jobs=1)
+    pid = int(result.printed.split()[1])
+    status = Path(f"/proc/{pid}/status")
+    deadline = time.monotonic() + 10
+    while status.exists() and "State:\tZ" not in status.read_text():
+        assert time.monotonic() < deadline, f"process {pid} outlived its notebook"
+        time.sleep(0.1)
 
 
 def test_only_a_regular_file_of_bounded_size_is_loaded(tmp_path, monkeypatch):

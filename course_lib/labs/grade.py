@@ -33,6 +33,7 @@ import io
 import json
 import multiprocessing
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -184,6 +185,8 @@ def _execute(nb, workdir: Path, cell_timeout: int) -> list[str]:
         interrupt_on_timeout=True, startup_timeout=120,
         resources={"metadata": {"path": str(workdir)}},
     )  # fmt: skip
+    # The kernel runs in a session of its own; shutting it down kills its
+    # process group, so what the notebook left running in it ends too.
     try:
         client.execute()
     except DeadKernelError as err:
@@ -307,10 +310,14 @@ def submissions(folder: Path) -> list[Path]:
 
 
 def grade_folder(
-    lab: str, folder: Path, *, seed: int = 0, cell_timeout: int = 60,
+    lab: str, folder: Path, *, seed: int, cell_timeout: int = 60,
     jobs: int | None = None,
 ):  # fmt: skip
-    """Grade every notebook in ``folder``, ``jobs`` at a time (default: cores)."""
+    """Grade every notebook in ``folder``, ``jobs`` at a time (default: cores).
+
+    ``seed`` draws the hidden cases: keep it private when grading for credit
+    (the command line draws a random one and records it in the report).
+    """
     get_lab(lab)  # a wrong lab name fails before any work
     notebooks = submissions(folder)
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
@@ -358,8 +365,12 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_reports(results: list[Result], out: Path) -> None:
+def write_reports(results: list[Result], out: Path, run: dict | None = None) -> None:
+    """``grades.csv`` and ``grades.json`` in ``out``; ``run.json`` records how
+    the grades were made (lab, seed, time limits), for the instructor only."""
     out.mkdir(parents=True, exist_ok=True)
+    if run is not None:
+        _write_atomically(out / "run.json", json.dumps(run, indent=1))
     keys = list(results[0].questions) if results else []
     with io.StringIO(newline="") as f:
         writer = csv.writer(f)
@@ -381,7 +392,10 @@ def main(argv=None) -> int:
     parser.add_argument("lab", help="e.g. lab01_sgd")
     parser.add_argument("submissions", type=Path)
     parser.add_argument("--out", type=Path, help="default: SUBMISSIONS/grades")
-    parser.add_argument("--seed", type=int, default=0, help="draws the hidden cases")
+    parser.add_argument(
+        "--seed", type=int, default=None,
+        help="draws the hidden cases (default: a random one, recorded in the report)",
+    )  # fmt: skip
     parser.add_argument("--cell-timeout", type=int, default=60, help="seconds per cell")
     parser.add_argument(
         "--jobs", type=int, default=None, help="notebooks graded at once (cores)"
@@ -395,13 +409,18 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"grade: {err}", file=sys.stderr)
         return 2
+    seed = secrets.randbelow(2**31) if args.seed is None else args.seed
     results = grade_folder(
-        args.lab, args.submissions, seed=args.seed, cell_timeout=args.cell_timeout,
+        args.lab, args.submissions, seed=seed, cell_timeout=args.cell_timeout,
         jobs=args.jobs,
     )  # fmt: skip
     out = args.out or args.submissions / "grades"
-    write_reports(results, out)
-    print(f"wrote {out / 'grades.csv'} and {out / 'grades.json'}")
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    run = dict(lab=args.lab, seed=seed, cell_timeout=args.cell_timeout,
+               jobs=args.jobs, graded_at=when)  # fmt: skip
+    write_reports(results, out, run)
+    print(f"wrote {out / 'grades.csv'}, {out / 'grades.json'} and {out / 'run.json'}")
+    print(f"hidden cases drawn from seed {seed}: --seed {seed} grades the same way")
     return 0
 
 
