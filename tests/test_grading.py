@@ -94,7 +94,7 @@ def answers_and_checks(nb):
 
 
 def make_submissions(folder: Path, lab: str) -> dict:
-    """Write the matrix for ``lab`` into ``folder``; {student: (lowest, highest)}."""
+    """Write the matrix for ``lab`` into ``folder``; return {student: score}."""
     lab_dir = ROOT / "labs" / lab
     solution = nbformat.read(lab_dir / "solution.ipynb", as_version=4)
     student = nbformat.read(student_path(lab_dir), as_version=4)

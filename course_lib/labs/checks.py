@@ -110,29 +110,28 @@ class StudentError(Exception):
 
     def __init__(self, type_name: str, message: str):
         super().__init__(f"{type_name}: {message}")
-        self.type_name = type_name
+        self.type_name, self.message = type_name, message
 
 
-def student_line(tb) -> str:
-    """``"line N: <code>"`` of the innermost frame of ``tb`` in the student's code."""
-    frames = traceback.extract_tb(tb)
-    mine = [f for f in frames if is_student_code(f.filename)]
-    if not mine:  # e.g. a wrong signature, or an output the harness cannot use
-        return "the check's harness, calling your function or using what it returned"
-    return f"line {mine[-1].lineno}: {(mine[-1].line or '').strip()}"
+def _forbidden(name: str) -> StudentError:
+    return StudentError("ForbiddenUse", str(forbid.ForbiddenUse(name)))
 
 
 _FRAME = re.compile(r'File "([^"]+)", line (\d+), in [^\n]*\n((?: {4}[^\n]*)?)')
 
 
-def _line_in_text(text: str) -> str:
-    """:func:`student_line` for a traceback that arrived as text."""
-    frames = _FRAME.findall(text)
+def student_line(tb) -> str:
+    """``"line N: <code>"`` of the innermost frame in the student's code, from a
+    traceback object or, for an error from another process, its text."""
+    if isinstance(tb, str):
+        frames = [(f, int(n), line) for f, n, line in _FRAME.findall(tb)]
+    else:
+        frames = [(f.filename, f.lineno, f.line) for f in traceback.extract_tb(tb)]
     mine = [f for f in frames if is_student_code(f[0])]
-    if not mine:
+    if not mine:  # e.g. a wrong signature, or an output the harness cannot use
         return "the check's harness, calling your function or using what it returned"
     _, lineno, line = mine[-1]
-    return f"line {lineno}: {line.strip()}"
+    return f"line {lineno}: {(line or '').strip()}"
 
 
 def run_one(question: Question, fn: Callable, inputs: Inputs):
@@ -142,33 +141,30 @@ def run_one(question: Question, fn: Callable, inputs: Inputs):
     other exception a :class:`StudentError` that names the student's own line
     (not the innermost frame, which is often inside torch).
     """
-    names = question.forbidden
-    used = forbid.rules(names).answer_is_forbidden(fn)
+    rules = forbid.rules(question.forbidden)
+    used = rules.answer_is_forbidden(fn)
     if used:
-        return StudentError("ForbiddenUse", str(forbid.ForbiddenUse(used)))
-    watch = forbid.Watch(forbid.rules(names))
+        return _forbidden(used)
+    watch = forbid.Watch(rules)
     try:
         with watch:
-            out = question.run(forbid.Guarded(fn, names), inputs)
-        if watch.used:
-            raise forbid.ForbiddenUse(watch.used)
-        return out
+            out = question.run(forbid.Guarded(fn, question.forbidden), inputs)
     except NotImplementedError:
         return NotImplementedYet(f"{question.function} is not implemented yet")
     except Exception as err:  # noqa: BLE001 - any student error is a finding
         if watch.used:  # the forbidden call came first, whatever failed after it
-            return StudentError("ForbiddenUse", str(forbid.ForbiddenUse(watch.used)))
+            return _forbidden(watch.used)
         # A worker's error (course_lib.parallel.WorkerError) carries its type
         # name, message and traceback text from the other process.
         type_name = getattr(err, "type_name", type(err).__name__)
         text = shorten(getattr(err, "message", None) or str(err), 300)
-        if type_name == "ForbiddenUse":  # where it was called does not matter
+        if type_name == "ForbiddenUse":  # raised by Guarded in a worker
             return StudentError(type_name, text)
-        tb = getattr(err, "traceback", None)
-        where = _line_in_text(tb) if isinstance(tb, str) else student_line(
-            err.__traceback__
-        )  # fmt: skip
+        text_tb = getattr(err, "traceback", None)
+        where = student_line(text_tb if isinstance(text_tb, str) and text_tb
+                             else err.__traceback__)  # fmt: skip
         return StudentError(type_name, f"{text} (raised at {where})")
+    return _forbidden(watch.used) if watch.used else out
 
 
 def shorten(text: str, limit: int = _MAX_SHOWN) -> str:
@@ -285,7 +281,7 @@ def judge(question: Question, expected, actual) -> str | None:
     if isinstance(actual, (NotImplementedYet, NoAnswer)):
         return str(actual)
     if is_forbidden_use(actual):
-        return f"{NOT_ALLOWED}: {actual}".replace("ForbiddenUse: ", "")
+        return f"{NOT_ALLOWED}: {actual.message}"
     if isinstance(actual, Exception):
         type_name = getattr(actual, "type_name", type(actual).__name__)
         text = str(actual) if isinstance(actual, StudentError) else (

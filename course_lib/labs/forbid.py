@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 ALWAYS = ("course_lib.labs",)  # the references: no answer may call them
-_LABS_DIR = str(Path(__file__).parent)
 # Code in these folders is not the student's: torch, course_lib, the stdlib and
 # installed packages.
 LIBRARY_FOLDERS = tuple(
@@ -136,12 +135,12 @@ class Rules:
     def answer_is_forbidden(self, fn) -> str | None:
         """The forbidden name of ``fn`` itself, when the answer *is* a reference
         or one of the forbidden objects (``diagnose_curve = diagnose``)."""
-        codes = _codes(fn)
-        for code in codes:
+        for code in _codes(fn):
             if code in self.code_names:
                 return self.code_names[code]
-            if code.co_filename.startswith(_LABS_DIR):
-                return "course_lib.labs"
+            for folder, name in self.folders.items():
+                if code.co_filename.startswith(folder):
+                    return name
         return None
 
 

@@ -129,8 +129,10 @@ def _error(kind: str, message: str) -> dict:
 
 
 def _record(output):
-    if isinstance(output, Exception):
-        return _error(getattr(output, "type_name", type(output).__name__), str(output))
+    if isinstance(output, StudentError):
+        return _error(output.type_name, output.message)
+    if isinstance(output, Exception):  # NotImplementedYet
+        return _error(type(output).__name__, str(output))
     return output
 
 
@@ -163,8 +165,7 @@ def _unpack(answer):
             return NotImplementedYet(message)
         if kind == "NoAnswer":
             return NoAnswer(message)
-        prefix = f"{kind}: "  # StudentError's text already starts with its type
-        return StudentError(kind, message.removeprefix(prefix))
+        return StudentError(kind, message)
     return answer
 
 
