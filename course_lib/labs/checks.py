@@ -134,18 +134,21 @@ def student_line(tb) -> str:
     return f"line {lineno}: {(line or '').strip()}"
 
 
-def run_one(question: Question, fn: Callable, inputs: Inputs):
+def run_one(question: Question, fn: Callable, inputs: Inputs, on_use=None):
     """The outputs of ``fn`` on one case, or an ``Exception`` describing the failure.
 
     A stub's ``NotImplementedError`` becomes :class:`NotImplementedYet`; any
     other exception a :class:`StudentError` that names the student's own line
-    (not the innermost frame, which is often inside torch).
+    (not the innermost frame, which is often inside torch). ``on_use`` is
+    passed to the :class:`~course_lib.labs.forbid.Watch`.
     """
     rules = forbid.rules(question.forbidden)
     used = rules.answer_is_forbidden(fn)
     if used:
+        if on_use is not None:
+            on_use(used)
         return _forbidden(used)
-    watch = forbid.Watch(rules)
+    watch = forbid.Watch(rules, on_use=on_use)
     try:
         with watch:
             out = question.run(forbid.Guarded(fn, question.forbidden), inputs)

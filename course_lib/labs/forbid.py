@@ -11,6 +11,13 @@ computed name. What is checked is the code that runs, never the text.
 
 Allowed building blocks stay allowed: tensor arithmetic, autograd,
 ``torch.optim.Optimizer`` as a base class, ``course_lib.models``.
+
+An answer may also not switch the watch off or reach into the grader: called
+from the student's own code, the functions in :data:`TAMPERING` (the profiler
+and tracer switches, the frame and garbage-collector walkers, raw threads)
+and anything in ``ctypes`` count as a forbidden use too. The rules are
+immutable once built (frozen sets and tuples), so an answer that finds them
+cannot empty them.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import importlib
 import inspect
 import sys
 import sysconfig
+import threading
 from pathlib import Path
 
 import torch
@@ -39,19 +47,34 @@ LIBRARY_FOLDERS = tuple(
 )
 
 
+# Called from a student's code, these switch the watch off or reach the grader's
+# own objects (its frames, everything the garbage collector holds), or start a
+# thread no profile hook follows; no lab answer needs them.
+TAMPERING = (
+    "sys.setprofile", "sys.settrace", "sys._getframe",
+    "threading.setprofile", "threading.settrace", "_thread.start_new_thread",
+    "gc.get_objects", "gc.get_referrers", "gc.get_referents", "ctypes",
+)  # fmt: skip
+
+
 def is_student_code(filename: str) -> bool:
-    """True for code outside :data:`LIBRARY_FOLDERS` (a notebook cell, a test)."""
-    return not filename.startswith(LIBRARY_FOLDERS)
+    """True for code outside :data:`LIBRARY_FOLDERS` and the interpreter's own
+    frozen modules (a notebook cell, a test)."""
+    return not filename.startswith(LIBRARY_FOLDERS + ("<frozen ",))
 
 
 class ForbiddenUse(Exception):
     """The answer ran code of an object its question forbids."""
 
     def __init__(self, name: str):
-        super().__init__(
-            f"it uses {name}, which already computes this answer; write it from "
-            "the building blocks the question allows"
-        )
+        if name in TAMPERING or name.startswith("ctypes"):
+            why = "which can switch off or bypass the grader's checks"
+        else:
+            why = (
+                "which already computes this answer; write it from the building "
+                "blocks the question allows"
+            )
+        super().__init__(f"it uses {name}, {why}")
         self.name = name
 
 
@@ -103,42 +126,76 @@ def _codes(obj) -> set:
 
 
 class Rules:
-    """What one question forbids, resolved to code objects and source folders."""
+    """What one question forbids, resolved to code objects and source folders.
+
+    Built once, then read-only: frozen sets and tuples only.
+    """
 
     def __init__(self, names):
         self.names = tuple(names) + ALWAYS
-        self.code_names: dict = {}  # code object -> the forbidden name it belongs to
-        self.folders: dict = {}  # a package's folder -> its forbidden name
+        code_names, folders = {}, {}  # code object / package folder -> its name
         for name in self.names:
             obj = _resolve(name)
             if inspect.ismodule(obj):
-                self.folders[str(Path(obj.__file__).parent)] = name
+                folders[str(Path(obj.__file__).parent)] = name
             else:
                 for code in _codes(obj):
-                    self.code_names.setdefault(code, name)
+                    code_names.setdefault(code, name)
+        self.codes = frozenset(code_names)
+        self.code_names = tuple(code_names.items())
+        self.folders = tuple(folders.items())
+        builtins_, tamper_codes, tamper_folders = [], {}, []
+        for name in TAMPERING:
+            obj = _resolve(name)
+            if inspect.ismodule(obj):
+                tamper_folders.append((str(Path(obj.__file__).parent), name))
+            elif inspect.isbuiltin(obj):
+                builtins_.append((obj, name))
+            else:
+                tamper_codes.update(dict.fromkeys(_codes(obj), name))
+        self.tamper_folders = tuple(tamper_folders)
+        self.tamper_builtins = tuple(builtins_)
+        self.tamper_ids = frozenset(id(obj) for obj, _ in builtins_)
+        self.tamper_codes = frozenset(tamper_codes)
+        self.tamper_code_names = tuple(tamper_codes.items())
+
+    def _name_of(self, code, pairs) -> str:
+        return next((n for c, n in pairs if c is code), "a forbidden object")
 
     def used_by(self, code, caller) -> str | None:
         """The forbidden name ``code`` belongs to, if running it is a use."""
-        name = self.code_names.get(code)
-        if name is not None:
-            return name
-        for folder, name in self.folders.items():
+        if code in self.codes:
+            return self._name_of(code, self.code_names)
+        by_student = caller is not None and is_student_code(caller.co_filename)
+        if not by_student:
             # A forbidden package counts when the student's own code calls into
             # it: the lab's harness calling its helpers, or torch calling a hook
             # the harness set, is not a use.
-            if code.co_filename.startswith(folder) and (
-                caller is not None and is_student_code(caller.co_filename)
-            ):
+            return None
+        if code in self.tamper_codes:
+            return self._name_of(code, self.tamper_code_names)
+        for folder, name in self.folders + self.tamper_folders:
+            if code.co_filename.startswith(folder):
                 return name
         return None
+
+    def builtin_used_by(self, function, caller) -> str | None:
+        """The name of ``function`` (a builtin about to be called from the code
+        ``caller``) if it is one of :data:`TAMPERING` and the caller is the
+        student's."""
+        if id(function) not in self.tamper_ids or not is_student_code(
+            caller.co_filename
+        ):
+            return None
+        return next(n for f, n in self.tamper_builtins if f is function)
 
     def answer_is_forbidden(self, fn) -> str | None:
         """The forbidden name of ``fn`` itself, when the answer *is* a reference
         or one of the forbidden objects (``diagnose_curve = diagnose``)."""
         for code in _codes(fn):
-            if code in self.code_names:
-                return self.code_names[code]
-            for folder, name in self.folders.items():
+            if code in self.codes:
+                return self._name_of(code, self.code_names)
+            for folder, name in self.folders:
                 if code.co_filename.startswith(folder):
                     return name
         return None
@@ -151,23 +208,42 @@ def rules(names: tuple) -> Rules:
 
 
 class Watch:
-    """``with Watch(rules):`` notes in ``.used`` the first forbidden call."""
+    """``with Watch(rules):`` notes in ``.used`` the first forbidden call.
 
-    def __init__(self, rules: Rules):
-        self.rules, self.used, self._previous = rules, None, None
+    Threads started with ``threading`` while it is on are watched too.
+    ``on_use(name)``, if given, is called the moment a use is seen (the grader
+    reports it out of the process at once, before an answer could undo it).
+    """
+
+    def __init__(self, rules: Rules, on_use=None):
+        self.rules, self.used, self.on_use = rules, None, on_use
+        self._previous = self._previous_threads = None
 
     def __call__(self, frame, event, arg):  # the profile function
-        if event == "call" and self.used is None:
+        if self.used is not None:
+            return
+        if event == "call":
             back = frame.f_back
-            self.used = self.rules.used_by(frame.f_code, back.f_code if back else None)
+            name = self.rules.used_by(frame.f_code, back.f_code if back else None)
+        elif event == "c_call":  # ``frame`` is the caller's
+            name = self.rules.builtin_used_by(arg, frame.f_code)
+        else:
+            return
+        if name is not None:
+            self.used = name
+            if self.on_use is not None:
+                self.on_use(name)
 
     def __enter__(self):
         self._previous = sys.getprofile()
+        self._previous_threads = threading.getprofile()
+        threading.setprofile(self)
         sys.setprofile(self)
         return self
 
     def __exit__(self, *exc):
         sys.setprofile(self._previous)
+        threading.setprofile(self._previous_threads)
         return False
 
 

@@ -2,27 +2,33 @@
 
 ``python -m course_lib.labs.grade LAB SUBMISSIONS [--out DIR] [--seed N]``
 (``make grade LAB=lab01_sgd SUBMISSIONS=dir``) grades every ``*.ipynb`` under
-``SUBMISSIONS``, whatever it is called. For each one it
+``SUBMISSIONS``, whatever it is called. Each notebook is read into memory at
+the start, then, in a worker process of its own (``--jobs`` at a time):
 
-1. executes the notebook afresh with nbclient in a temporary folder, with a
-   per-cell timeout, carrying on past errors (a syntax error or an endless loop
-   costs the cells it breaks, not the whole submission);
-2. appends one extraction cell per question (:func:`extraction_cell`) that
-   re-imports ``course_lib`` (undoing any monkeypatching of it the notebook
-   did) and calls :func:`write_answers`, which runs the student's function on
-   the public and hidden cases and saves its outputs with ``torch.save``;
-3. loads those outputs here, in the grader's own process, and compares them
-   with the reference outputs computed here, so that nothing a notebook
-   patched (``torch.allclose``, ``assert_close``, the check functions) can
-   change a verdict.
+1. it is executed afresh with nbclient in a temporary folder, against a
+   private copy of ``course_lib``, with a per-cell timeout and a wall-clock
+   budget, carrying on past errors. This run only reports: what its cells
+   printed (the inline checks) and the errors they raised;
+2. its kernel and every process it started are killed
+   (:mod:`course_lib.labs.sandbox`);
+3. its answers are computed in a *fresh* process (:mod:`course_lib.labs.answers`)
+   that runs only the notebook's definitions, on the public and the hidden
+   cases, each under the question's forbidden-use watch. Patching ``torch``,
+   builtins or the checks in a cell changes nothing there;
+4. the outputs are judged here against the reference outputs, which never
+   leave the grader's processes, each case inside its own error boundary.
 
-Notebooks are graded ``--jobs`` at a time (default: the number of cores), each
-in its own kernel. It writes ``grades.csv`` (one row per submission, one
-column per question) and ``grades.json`` (every case's verdict and message)
-and prints one line per student. Bad arguments (an unknown lab, a folder
-that does not exist or holds no notebooks) get one line and exit status 2.
-Submissions run as the grading user: grade untrusted work inside a
-container or VM.
+After each notebook, ``course_lib``'s own files, the submissions folder,
+the grades folder and the course cache are compared with the copies read at
+the start: a change is undone and reported against the submissions that
+were running. ``grades.csv`` (one row per submission, one column per
+question), ``grades.json`` (every case's verdict and message) and
+``run.json`` (the seed and limits, for the instructor) are written at the
+end, each through a rename. Bad arguments (an unknown lab, a folder that
+does not exist or holds no notebooks) get one line and exit status 2.
+
+What this guarantees without a container, and what one adds, is in
+``labs/README.md``.
 """
 
 from __future__ import annotations
@@ -34,106 +40,34 @@ import json
 import multiprocessing
 import os
 import secrets
-import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import nbformat
 import torch
-from nbclient import NotebookClient
-from nbclient.exceptions import DeadKernelError
 
-from . import get_lab
-from .checks import (
-    NOT_ALLOWED,
-    NoAnswer,
-    NotImplementedYet,
-    StudentError,
-    judge,
-    run_one,
-)
+from . import answers as answers_process
+from . import get_lab, sandbox
+from .checks import NOT_ALLOWED, NoAnswer, NotImplementedYet, StudentError, judge
+
+MAX_NOTEBOOK_BYTES = 32 * 2**20  # a lab notebook with its figures is ~1 MB
+MAX_ANSWERS_BYTES = 16 * 2**20  # one submission's outputs are kilobytes; a cap
+MAX_FILE_BYTES = 256 * 2**20  # RLIMIT_FSIZE of every graded process
 
 
-def extraction_cell(
-    lab: str, key: str, cases: str, answers: str, case_timeout: float = 20.0
-) -> str:
-    """The cell appended to a submission to write its answers to ``key``.
+@dataclass(frozen=True)
+class Limits:
+    """Time and memory a submission may use."""
 
-    It drops every ``course_lib`` module the notebook imported (a fresh
-    import undoes monkeypatching of course_lib) and calls :func:`write_answers`.
-    """
-    call = (
-        f"write_answers({lab!r}, {key!r}, globals(), {cases!r}, {answers!r}, "
-        f"case_timeout={case_timeout!r})"
-    )
-    return (
-        "import importlib as _importlib, sys as _sys\n"
-        "for _name in [m for m in _sys.modules if m.split('.')[0] == 'course_lib']:\n"
-        "    del _sys.modules[_name]\n"
-        f"_importlib.import_module('course_lib.labs.grade').{call}\n"
-    )
-
-
-class CaseTimeout(BaseException):  # not caught by run_one's `except Exception`
-    """One case of an answer ran past its time limit (in :func:`write_answers`)."""
-
-
-def _on_alarm(signum, frame):
-    raise CaseTimeout
-
-
-def write_answers(
-    lab: str, key: str, namespace: dict, cases, answers, case_timeout: float = 20.0
-):
-    """Run the notebook's answer to ``key`` on every case; save the outputs.
-
-    ``namespace`` is the notebook's globals; the answer is the function named
-    as the question says. Each output, or the error it raised (as a plain
-    record), goes into the list saved with ``torch.save`` at ``answers``. A
-    case that runs past ``case_timeout`` seconds is recorded as timed out and
-    the cases after it are not run, so an endless loop costs one time limit.
-    """
-    question = get_lab(lab).QUESTIONS[key]
-    inputs = torch.load(cases, weights_only=True)[key]
-    fn = namespace.get(question.function)
-    if not callable(fn):
-        missing = f"no function named {question.function} in the notebook"
-        torch.save([_error("NoAnswer", missing)] * len(inputs), answers)
-        return
-    outputs = []
-    previous = signal.signal(signal.SIGALRM, _on_alarm)
-    try:
-        for case in inputs:
-            signal.setitimer(signal.ITIMER_REAL, case_timeout)
-            try:
-                outputs.append(_record(run_one(question, fn, case)))
-            except CaseTimeout:
-                late = f"no answer: the case ran past {case_timeout:g} s"
-                outputs.append(_error("NoAnswer", late))
-                break
-            finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-    finally:
-        signal.signal(signal.SIGALRM, previous)
-    skipped = "no answer: not run, an earlier case timed out"
-    outputs += [_error("NoAnswer", skipped)] * (len(inputs) - len(outputs))
-    torch.save(outputs, answers)
-
-
-def _error(kind: str, message: str) -> dict:
-    return {"__error__": kind, "message": message}
-
-
-def _record(output):
-    if isinstance(output, StudentError):
-        return _error(output.type_name, output.message)
-    if isinstance(output, Exception):  # NotImplementedYet
-        return _error(type(output).__name__, str(output))
-    return output
+    cell_timeout: float = 60.0  # seconds per notebook cell (half that per case)
+    budget: float = 600.0  # seconds for the notebook, and again for its answers
+    memory: int = 8 * 2**30  # bytes of address space per process
 
 
 @dataclass
@@ -151,6 +85,7 @@ class Result:
     errors: list = field(default_factory=list)  # what went wrong while executing
     printed: str = ""  # what the notebook's own cells printed (its check results)
     seconds: float = 0.0
+    tampering: list = field(default_factory=list)  # files it changed, undone
 
     @property
     def total(self) -> float:
@@ -158,7 +93,7 @@ class Result:
 
 
 def _unpack(answer):
-    """Turn an error record written in the student's kernel back into an exception."""
+    """Turn an error record of the answers process back into an exception."""
     if isinstance(answer, dict) and set(answer) == {"__error__", "message"}:
         kind, message = answer["__error__"], answer["message"]
         if kind == "NotImplementedYet":
@@ -179,101 +114,189 @@ def _printed(cells) -> str:
     )[-20_000:]
 
 
-def _execute(nb, workdir: Path, cell_timeout: int) -> list[str]:
-    """Run ``nb`` in ``workdir``; return the errors its cells raised."""
+def _execute(nb, workdir: Path, limits: Limits, env: dict) -> list[str]:
+    """Run ``nb`` in ``workdir``; return the errors its cells raised.
+
+    When ``limits.budget`` runs out, the kernel and everything under it are
+    killed (a cell that ignores interrupts would otherwise cost a cell
+    timeout per remaining cell).
+    """
+    from nbclient import NotebookClient
+    from nbclient.exceptions import DeadKernelError
+
     client = NotebookClient(
-        nb, timeout=cell_timeout, kernel_name="python3", allow_errors=True,
-        interrupt_on_timeout=True, startup_timeout=120,
+        nb, timeout=int(limits.cell_timeout), kernel_name="python3",
+        allow_errors=True, interrupt_on_timeout=True, startup_timeout=120,
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
         resources={"metadata": {"path": str(workdir)}},
     )  # fmt: skip
-    # The kernel runs in a session of its own; shutting it down kills its
-    # process group, so what the notebook left running in it ends too.
+    out_of_time = threading.Event()
+
+    def stop():
+        out_of_time.set()
+        sandbox.kill_descendants(reap=False)
+
+    timer = threading.Timer(limits.budget, stop)
+    timer.start()
     try:
-        client.execute()
+        client.execute(env=env)
     except DeadKernelError as err:
-        return [f"the kernel died: {err}"]
+        if out_of_time.is_set():
+            return [f"the notebook ran past its budget of {limits.budget:g} s and "
+                    "was stopped"]  # fmt: skip
+        return [f"the kernel died: {' '.join(str(err).split())[:200]}"]
     except Exception as err:  # noqa: BLE001 - a broken submission is a finding
-        return [f"execution failed: {type(err).__name__}: {err}"]
+        return [f"execution failed: {type(err).__name__}: {str(err)[:200]}"]
+    finally:
+        timer.cancel()
     errors = []
     for i, cell in enumerate(nb.cells):
         for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
             if out.get("output_type") != "error":
                 continue
             if out.get("ename") == "KeyboardInterrupt":  # nbclient's timeout interrupt
-                errors.append(f"cell {i}: timed out after {cell_timeout} s")
+                errors.append(f"cell {i}: timed out after {limits.cell_timeout:g} s")
             else:
                 text = f"cell {i}: {out.get('ename')}: {out.get('evalue')}"
                 errors.append(" ".join(text.split())[:300])  # one line
     return errors
 
 
-def grade_notebook(
-    lab: str, path: Path, cases: dict, expected: dict, cell_timeout: int
-):
-    """Execute one submission and score it against ``expected``."""
+def _compute_answers(lab, cells, inputs, folder: Path, limits, course, cache):
+    """Run :mod:`course_lib.labs.answers` on the notebook's cells; return
+    ``(frames file, notes)``. It is repeated once from a clean copy if its
+    private course_lib changed while it ran."""
+    request = io.BytesIO()
+    torch.save({"lab": lab, "cells": cells, "cases": inputs,
+                "case_timeout": limits.cell_timeout / 2}, request)  # fmt: skip
+    notes = []
+    for attempt in (1, 2):
+        run_dir = folder / f"answers{attempt}"
+        env = sandbox.private_tree(run_dir, course, cache)
+        frames = run_dir / "answers.bin"
+        with open(frames, "wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", answers_process.__name__],
+                stdin=subprocess.PIPE, stdout=out, stderr=subprocess.DEVNULL,
+                cwd=run_dir / "work", env=env, start_new_session=True,
+            )  # fmt: skip
+            feeder = threading.Thread(target=_feed, args=(process, request.getvalue()))
+            feeder.start()
+            try:
+                process.wait(timeout=limits.budget)
+            except subprocess.TimeoutExpired:
+                notes.append(f"computing the answers ran past the budget of "
+                             f"{limits.budget:g} s and was stopped")  # fmt: skip
+            sandbox.kill_descendants()
+            process.wait()
+            feeder.join()
+        changed = sandbox.changed_files(run_dir / "lib" / "course_lib", course)
+        if not changed:
+            return frames, notes
+        notes.append(f"course_lib/{changed[0]} changed while the answers were "
+                     "computed" + ("; computed again from a clean copy"
+                                   if attempt == 1 else "; not graded"))  # fmt: skip
+    return None, notes
+
+
+def _feed(process, data: bytes) -> None:
+    try:
+        process.stdin.write(data)
+        process.stdin.close()
+    except OSError:  # it died before reading everything
+        pass
+
+
+def load_answers(path, counts: dict) -> tuple[dict, list[str]]:
+    """``{key: [outcome per case]}`` from an answers file, and notes.
+
+    Only a regular file is read, and only its first :data:`MAX_ANSWERS_BYTES`;
+    payloads are loaded with ``weights_only=True`` (tensors and plain values,
+    no code). A case with no frame gets a :class:`NoAnswer` saying why.
+    """
+    stopped = "no answer: computing the answers stopped before this case"
+    got = {k: [NoAnswer(stopped)] * n for k, n in counts.items()}
+    path, notes = Path(path) if path else None, []
+    if path is None or not path.is_file() or path.is_symlink():
+        return got, notes
+    with open(path, "rb") as f:
+        data = f.read(MAX_ANSWERS_BYTES + 1)
+    if len(data) > MAX_ANSWERS_BYTES:
+        notes.append(f"the answers are over {MAX_ANSWERS_BYTES} bytes; the rest "
+                     "was not read")  # fmt: skip
+    forbidden = {}
+    for kind, payload in answers_process.read_frames(data[:MAX_ANSWERS_BYTES]):
+        if kind == answers_process.USED:
+            key, _, name = payload.decode(errors="replace").split("\t", 2)
+            for k in got if key == "*" else [key]:
+                forbidden.setdefault(k, name)
+        elif kind == answers_process.TAMPERED:
+            what = payload.decode(errors="replace")[:200]
+            notes.append(f"its code rebound {what} while being graded; the cases "
+                         "after that were not graded")  # fmt: skip
+            stopped = f"no answer: the notebook's code rebound {what}"
+            got = {k: [NoAnswer(stopped) if isinstance(a, NoAnswer) else a
+                       for a in v] for k, v in got.items()}  # fmt: skip
+        elif kind == answers_process.ANSWER:
+            try:
+                key, index, value = torch.load(io.BytesIO(payload), weights_only=True)
+                got[key][index] = value
+            except Exception:  # noqa: BLE001 - a forged or truncated frame
+                notes.append("an answer frame could not be read")
+    for key, name in forbidden.items():
+        if key in got:
+            used = StudentError("ForbiddenUse", _forbidden_text(name))
+            got[key] = [used] * counts[key]
+    return got, notes
+
+
+def _forbidden_text(name: str) -> str:
+    from .forbid import ForbiddenUse
+
+    return str(ForbiddenUse(name))
+
+
+def grade_notebook(lab: str, path: Path, source: bytes, cases: dict, expected: dict,
+                   limits: Limits, course: dict, cache: dict) -> Result:  # fmt: skip
+    """Execute one submission, compute its answers afresh, score them."""
     questions = get_lab(lab).QUESTIONS
-    result = Result(student=path.stem, notebook=str(path))
+    result = Result(student=Path(path).stem, notebook=str(path))
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
-        workdir = Path(tmp)
-        # Only the inputs travel to the student's kernel; the labels stay here.
-        inputs = {k: [i for _, i in v] for k, v in cases.items()}
-        torch.save(inputs, workdir / "cases.pt")
+    inputs = {k: [i for _, i in v] for k, v in cases.items()}  # labels stay here
+    frames = None
+    with tempfile.TemporaryDirectory(prefix="nb-") as tmp:
         try:
-            nb = nbformat.read(path, as_version=4)
+            if len(source) > MAX_NOTEBOOK_BYTES:
+                raise ValueError(f"over {MAX_NOTEBOOK_BYTES} bytes")
+            nb = nbformat.reads(source.decode("utf-8"), as_version=4)
+            cells = [c.source for c in nb.cells if c.cell_type == "code"]
         except Exception as err:  # noqa: BLE001 - unreadable JSON, wrong format...
-            nb, result.errors = None, [f"not a readable notebook: {err}"]
+            nb, result.errors = None, [f"not a readable notebook: {str(err)[:200]}"]
         if nb is not None:
-            own_cells = len(nb.cells)
-            for key in questions:
-                source = extraction_cell(
-                    lab, key, "cases.pt", f"answers_{key}.pt", cell_timeout / 2
-                )
-                nb.cells.append(nbformat.v4.new_code_cell(source))
-            result.errors = _execute(nb, workdir, cell_timeout)
-            result.printed = _printed(nb.cells[:own_cells])
-        for key, q in questions.items():
-            result.questions[key] = _score(
-                q, cases[key], expected[key], workdir / f"answers_{key}.pt"
+            env = sandbox.private_tree(Path(tmp) / "kernel", course, cache)
+            result.errors = _execute(nb, Path(tmp) / "kernel" / "work", limits, env)
+            result.printed = _printed(nb.cells)
+            sandbox.kill_descendants()
+            frames, notes = _compute_answers(
+                lab, cells, inputs, Path(tmp), limits, course, cache
             )
+            result.errors += notes
+        counts = {k: len(v) for k, v in cases.items()}
+        got, notes = load_answers(frames, counts)
+        result.errors += notes
+    for key, q in questions.items():
+        result.questions[key] = _score(q, cases[key], expected[key], got[key])
     result.seconds = time.perf_counter() - start
     return result
 
 
-MAX_ANSWERS_BYTES = 16 * 2**20  # one question's outputs are kilobytes; a cap
-
-
-def load_answers(path: Path):
-    """The answers a submission wrote, or a :class:`NoAnswer` saying why not.
-
-    Only a regular file below :data:`MAX_ANSWERS_BYTES` is read (a named pipe
-    would block ``torch.load``, a huge file would fill the grader's memory),
-    and only with ``weights_only=True`` (tensors and plain values, no code).
-    """
-    path = Path(path)
-    if not path.exists():
-        missing = "no answer: the grading cell did not finish (time-out or crash)"
-        return NoAnswer(missing)
-    if not path.is_file() or path.is_symlink():
-        return NoAnswer("no answer: the answers file is not a regular file")
-    if path.stat().st_size > MAX_ANSWERS_BYTES:
-        return NoAnswer(f"no answer: the answers are over {MAX_ANSWERS_BYTES} bytes")
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception:  # noqa: BLE001 - a forged or truncated file
-        return NoAnswer("no answer: the answers file could not be read")
-
-
-def _score(question, cases, expected, answers_file: Path) -> QuestionResult:
-    labels = [label for label, _ in cases]
-    answers = load_answers(answers_file)
-    if isinstance(answers, NoAnswer):
-        answers = [answers] * len(cases)
-    if not isinstance(answers, list) or len(answers) != len(cases):
-        answers = [NoAnswer("no answer: malformed answers file")] * len(cases)
+def _score(question, cases, expected, answers) -> QuestionResult:
     verdicts = []
-    for label, want, got in zip(labels, expected, answers, strict=True):
-        problem = judge(question, want, _unpack(got))
+    for (label, _), want, got in zip(cases, expected, answers, strict=True):
+        try:
+            problem = judge(question, want, _unpack(got))
+        except Exception as err:  # noqa: BLE001 - judge never raises; a last boundary
+            problem = f"the answer could not be judged ({type(err).__name__})"
         verdicts.append(
             {"case": label, "passed": problem is None, "message": problem or ""}
         )
@@ -286,15 +309,33 @@ def _score(question, cases, expected, answers_file: Path) -> QuestionResult:
 
 
 def prepare(lab: str, seed: int):
-    """Public + hidden cases per question, and the reference outputs for them."""
+    """Public + hidden cases per question, and the reference outputs for them.
+
+    The hidden cases are made with the course cache pointed at a folder of
+    their own, deleted afterwards, so no file a notebook could read holds
+    anything drawn from ``seed``.
+    """
     questions = get_lab(lab).QUESTIONS
-    cases = {k: q.public_cases() + q.hidden_cases(seed) for k, q in questions.items()}
-    expected = {
-        k: [q.expected_outputs(inputs) for _, inputs in cases[k]]
-        for k, q in questions.items()
-    }
-    # Only the inputs travel to the student's kernel; labels stay here.
-    return cases, expected
+    public = {k: q.public_cases() for k, q in questions.items()}
+    expected = {k: [q.expected_outputs(i) for _, i in public[k]]
+                for k, q in questions.items()}  # fmt: skip
+    from ..data import cache_dir
+
+    shared = cache_dir()
+    with tempfile.TemporaryDirectory(prefix="hidden-") as tmp:
+        sandbox.write_tree(Path(tmp), sandbox.read_tree(shared))
+        previous = os.environ.get("COURSE_LIB_CACHE")
+        os.environ["COURSE_LIB_CACHE"] = tmp
+        try:
+            hidden = {k: q.hidden_cases(seed) for k, q in questions.items()}
+            for k, q in questions.items():
+                expected[k] += [q.expected_outputs(i) for _, i in hidden[k]]
+        finally:
+            if previous is None:
+                os.environ.pop("COURSE_LIB_CACHE")
+            else:
+                os.environ["COURSE_LIB_CACHE"] = previous
+    return {k: public[k] + hidden[k] for k in questions}, expected
 
 
 def submissions(folder: Path) -> list[Path]:
@@ -303,44 +344,93 @@ def submissions(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ValueError(f"SUBMISSIONS must be a folder, got {str(folder)!r}")
     notebooks = sorted(
-        p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
-    )
+        p for p in folder.rglob("*.ipynb")
+        if ".ipynb_checkpoints" not in p.parts and not p.is_symlink()
+    )  # fmt: skip
     if not notebooks:
         raise ValueError(f"SUBMISSIONS folder {str(folder)!r} holds no .ipynb files")
     return notebooks
 
 
+def _worker_init(memory: int) -> None:
+    """A grading worker: adopts orphans, caps memory and files, writes no
+    compiled caches (they would count as changes to course_lib)."""
+    sys.dont_write_bytecode = True
+    sandbox.become_subreaper()
+    sandbox.set_limits(memory, MAX_FILE_BYTES)
+
+
+def _guards(folder: Path, out: Path) -> list:
+    from ..data import cache_dir
+
+    package = Path(__file__).resolve().parents[1]
+    guards = [sandbox.Guard(package, "course_lib"),
+              sandbox.Guard(folder, str(folder), skip=[out]),
+              sandbox.Guard(cache_dir(), "the course cache")]  # fmt: skip
+    return guards + [sandbox.Guard(out, str(out))]
+
+
 def grade_folder(
-    lab: str, folder: Path, *, seed: int, cell_timeout: int = 60,
-    jobs: int | None = None,
+    lab: str, folder: Path, *, seed: int, cell_timeout: float = 60,
+    jobs: int | None = None, budget: float = 600, memory_gb: float = 8,
+    out: Path | None = None,
 ):  # fmt: skip
     """Grade every notebook in ``folder``, ``jobs`` at a time (default: cores).
 
     ``seed`` draws the hidden cases: keep it private when grading for credit
     (the command line draws a random one and records it in the report).
+    ``out`` (default ``folder/grades``) is guarded like the submissions.
     """
     get_lab(lab)  # a wrong lab name fails before any work
     notebooks = submissions(folder)
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    limits = Limits(float(cell_timeout), float(budget), int(memory_gb * 2**30))
+    sys.dont_write_bytecode = True
+    sources = {}
+    for path in notebooks:
+        with open(path, "rb") as f:
+            sources[path] = f.read(MAX_NOTEBOOK_BYTES + 1)
     cases, expected = prepare(lab, seed)
-    args = (cases, expected, cell_timeout)
-    if jobs == 1 or len(notebooks) == 1:
-        results = [grade_notebook(lab, path, *args) for path in notebooks]
-        for result in results:
-            print(summary_line(result), flush=True)
-        return results
-    # Each notebook runs in its own kernel; the kernels are driven from worker
-    # processes (spawned: the caller may have threads) so they run side by side.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(jobs, len(notebooks)), mp_context=context) as pool:
-        futures = [pool.submit(grade_notebook, lab, p, *args) for p in notebooks]
-        results = []
-        for future in futures:
-            results.append(future.result())
-            print(summary_line(results[-1]), flush=True)
-    return results
+    course = sandbox.package_files()
+    from ..data import cache_dir
+
+    cache = sandbox.read_tree(cache_dir())
+    out = Path(out) if out is not None else Path(folder) / "grades"
+    guards = _guards(Path(folder), out)
+    context = multiprocessing.get_context("spawn")  # the caller may have threads
+    results, suspects_of = {}, {}
+    pool = ProcessPoolExecutor(min(jobs, len(notebooks)), mp_context=context,
+                               initializer=_worker_init, initargs=(limits.memory,))
+    with pool:
+        futures = {
+            pool.submit(grade_notebook, lab, p, sources[p], cases, expected,
+                        limits, course, cache): p
+            for p in notebooks
+        }  # fmt: skip
+        pending, finished_since = set(futures), []
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                path = futures[future]
+                results[path] = future.result()
+                finished_since.append(path)
+                print(summary_line(results[path]), flush=True)
+            changes = [c for g in guards for c in g.restore()]
+            if changes:
+                running = [futures[f] for f in pending if f.running()]
+                suspects = finished_since + running
+                for path in suspects:
+                    others = [s.stem for s in suspects if s != path]
+                    note = [c + (f" (while {', '.join(others)} also ran)"
+                                 if others else "") for c in changes]  # fmt: skip
+                    suspects_of.setdefault(path, []).extend(note)
+            finished_since = []
+    for path, notes in suspects_of.items():
+        results[path].tampering += notes
+    ordered = [results[p] for p in notebooks]
+    return ordered
 
 
 def summary_line(result: Result) -> str:
@@ -352,10 +442,13 @@ def summary_line(result: Result) -> str:
         if failed:
             part += f" [{failed[0][:60]}]"
         parts.append(part)
-    return (
+    line = (
         f"{result.student}: {result.total:g}/{best:g} in {result.seconds:.0f}s: "
         + ", ".join(parts)
     )
+    if result.tampering:
+        line += f"; CHANGED FILES: {result.tampering[0][:100]}"
+    return line
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -375,14 +468,16 @@ def write_reports(results: list[Result], out: Path, run: dict | None = None) -> 
     keys = list(results[0].questions) if results else []
     with io.StringIO(newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["student", "notebook", *keys, "total", "max", "errors"])
+        writer.writerow(
+            ["student", "notebook", *keys, "total", "max", "errors", "tampering"]
+        )
         for r in results:
             best = sum(q.points for q in r.questions.values())
             scores = [f"{r.questions[k].score:g}" for k in keys]
             errors = " | ".join(r.errors)[:500]
-            writer.writerow(
-                [r.student, r.notebook, *scores, f"{r.total:g}", f"{best:g}", errors]
-            )
+            tampering = " | ".join(r.tampering)[:500]
+            writer.writerow([r.student, r.notebook, *scores, f"{r.total:g}",
+                             f"{best:g}", errors, tampering])  # fmt: skip
         _write_atomically(out / "grades.csv", f.getvalue())
     payload = [asdict(r) | {"total": r.total} for r in results]
     _write_atomically(out / "grades.json", json.dumps(payload, indent=1))
@@ -399,26 +494,37 @@ def main(argv=None) -> int:
     )  # fmt: skip
     parser.add_argument("--cell-timeout", type=int, default=60, help="seconds per cell")
     parser.add_argument(
+        "--budget", type=int, default=600,
+        help="seconds for one notebook's run, and again for its answers (600)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--memory", type=float, default=8, help="GiB of memory per process (8)"
+    )
+    parser.add_argument(
         "--jobs", type=int, default=None, help="notebooks graded at once (cores)"
     )
     args = parser.parse_args(argv)
     try:
         get_lab(args.lab)
-        if args.jobs is not None and args.jobs < 1:
-            raise ValueError(f"--jobs must be a positive integer, got {args.jobs}")
+        for name in ("jobs", "budget", "memory", "cell_timeout"):
+            value = getattr(args, name)
+            if value is not None and not value > 0:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} must be a positive number, got {value}")
         submissions(args.submissions)
     except ValueError as err:
         print(f"grade: {err}", file=sys.stderr)
         return 2
     seed = secrets.randbelow(2**31) if args.seed is None else args.seed
+    out = args.out or args.submissions / "grades"
     results = grade_folder(
         args.lab, args.submissions, seed=seed, cell_timeout=args.cell_timeout,
-        jobs=args.jobs,
+        jobs=args.jobs, budget=args.budget, memory_gb=args.memory, out=out,
     )  # fmt: skip
-    out = args.out or args.submissions / "grades"
     when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     run = dict(lab=args.lab, seed=seed, cell_timeout=args.cell_timeout,
-               jobs=args.jobs, graded_at=when)  # fmt: skip
+               budget=args.budget, memory_gb=args.memory, jobs=args.jobs,
+               graded_at=when)  # fmt: skip
     write_reports(results, out, run)
     print(f"wrote {out / 'grades.csv'}, {out / 'grades.json'} and {out / 'run.json'}")
     print(f"hidden cases drawn from seed {seed}: --seed {seed} grades the same way")
