@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import io
+import linecache
 import os
 import signal
 import struct
@@ -119,9 +120,12 @@ def definitions(cells: list[str]):
     codes, skipped = [], set()
     for number, source in enumerate(cells):
         try:
-            tree = ast.parse(transform(source))
+            source = transform(source)
+            tree = ast.parse(source)
         except (SyntaxError, ValueError):
             continue  # the notebook's own run reported it
+        name = f"<cell {number}>"  # tracebacks quote the student's line from here
+        linecache.cache[name] = (len(source), None, source.splitlines(True), name)
         for node in tree.body:
             keep = isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef,
                                      ast.AsyncFunctionDef, ast.ClassDef))  # fmt: skip
@@ -138,7 +142,7 @@ def definitions(cells: list[str]):
                     skipped.update(_target_names(target))
                 continue
             module = ast.Module(body=[node], type_ignores=[])
-            codes.append(compile(module, f"<cell {number}>", "exec"))
+            codes.append(compile(module, name, "exec"))
     return codes, skipped
 
 
@@ -147,7 +151,8 @@ def definitions(cells: list[str]):
 
 class Bindings:
     """What course_lib's modules and classes, the lab's questions and the
-    modules that save the answers are bound to now; :meth:`changed` names the first rebinding since."""
+    modules that save the answers are bound to now; :meth:`changed` names the
+    first rebinding since."""
 
     def __init__(self, questions: dict):
         self.items = []  # (label, namespace dict, key, value)

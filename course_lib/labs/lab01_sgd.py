@@ -161,9 +161,11 @@ def _histories(seed: int, varied: bool = False) -> tuple:
     key = hashlib.sha1(repr(spec).encode()).hexdigest()
     path = cache_dir() / f"lab01-histories-{key[:16]}.json"
     try:
-        return tuple(tuple(item) for item in json.loads(path.read_text()))
+        cached = json.loads(path.read_text())
+        if _well_formed(cached):
+            return tuple(tuple(item) for item in cached)
     except (OSError, ValueError):
-        pass
+        pass  # missing or unreadable: train again
     splits = load_dataset("mnist1d")
     runs = []
     for name in PATHOLOGIES:
@@ -177,6 +179,26 @@ def _histories(seed: int, varied: bool = False) -> tuple:
     except OSError:
         pass  # an unwritable cache only costs the time to train again
     return tuple(tuple(item) for item in runs)
+
+
+def _well_formed(runs) -> bool:
+    """True if ``runs`` (read from the cache) is one run per pathology, in
+    order, each with exactly :data:`HISTORY_FIELDS`, numbers or lists of
+    numbers (NaN is written as NaN): a cache someone else wrote is trained
+    again instead of trusted."""
+    if not isinstance(runs, list) or len(runs) != len(PATHOLOGIES):
+        return False
+    for item, name in zip(runs, PATHOLOGIES, strict=True):
+        if not (isinstance(item, list) and len(item) == 2 and item[0] == name):
+            return False
+        history = item[1]
+        if not isinstance(history, dict) or set(history) != set(HISTORY_FIELDS):
+            return False
+        for values in history.values():
+            values = values if isinstance(values, list) else [values]
+            if not all(type(v) in (int, float) for v in values):
+                return False
+    return True
 
 
 def given_histories(seed: int = 0) -> dict:
