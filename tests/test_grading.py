@@ -264,8 +264,8 @@ def test_command_line_grades_a_folder(tmp_path, capsys):
 
 
 def test_a_process_left_running_by_a_notebook_is_killed(tmp_path):
-    """One started in the kernel's process group (not one that starts a session
-    of its own: that needs a container)."""
+    """One started in the kernel's process group (one in a session of its own,
+    after a double fork: tests/test_grading_attacks.py)."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
     nb.cells = [nbformat.v4.new_code_cell(
