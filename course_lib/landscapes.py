@@ -5,7 +5,8 @@ coordinates, ``(..., 2) -> (...)``, so the same object gives the loss at one
 point (for an optimizer) and on a grid (for a contour plot):
 
 - :class:`Quadratic`: :math:`\tfrac12(x^2 + \kappa y^2)`, a valley whose
-  curvatures differ by the condition number :math:`\kappa`;
+  curvatures differ by the condition number :math:`\kappa`, optionally
+  rotated so that its axes no longer lie along the coordinates;
 - :class:`Saddle`: :math:`\tfrac12 x^2 - \tfrac12 y^2 + \tfrac14 y^4`, a
   saddle point at the origin between two minima at :math:`(0, \pm 1)`;
 - :class:`Rosenbrock`: :math:`(1 - x)^2 + b\,(y - x^2)^2`, a curved, narrow
@@ -17,6 +18,7 @@ returns the path; :func:`newton_step` takes one Newton step.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,16 +36,34 @@ def _xy(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass(frozen=True)
 class Quadratic:
-    """``0.5 * (x**2 + condition * y**2)``; minimum 0 at the origin."""
+    r"""``0.5 * (u**2 + condition * v**2)``; minimum 0 at the origin.
+
+    ``(u, v)`` are the coordinates ``(x, y)`` turned by ``-angle`` degrees:
+    :math:`u = x\cos a + y\sin a`, :math:`v = -x\sin a + y\cos a`. With
+    ``angle=0`` (the default) that is :math:`\tfrac12(x^2 + \kappa y^2)`; with
+    ``angle=45`` the same valley runs along the diagonal, its Hessian
+    :math:`R\,\mathrm{diag}(1, \kappa)\,R^\top` is no longer diagonal, and
+    a per-coordinate step size cannot undo the conditioning.
+    """
 
     condition: float = 50.0
+    angle: float = 0.0
 
     def __post_init__(self):
-        set_fields(self, condition=check_real("condition", self.condition, "[1, inf)"))
+        set_fields(
+            self,
+            condition=check_real("condition", self.condition, "[1, inf)"),
+            angle=check_real("angle", self.angle, "[-360, 360]"),
+        )
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         x, y = _xy(points)
-        return 0.5 * (x**2 + self.condition * y**2)
+        if self.angle == 0.0:  # exactly the unrotated formula, no round-off
+            return 0.5 * (x**2 + self.condition * y**2)
+        a = math.radians(self.angle)
+        u = math.cos(a) * x + math.sin(a) * y
+        v = -math.sin(a) * x + math.cos(a) * y
+        return 0.5 * (u**2 + self.condition * v**2)
 
     minimum = (0.0, 0.0)
 

@@ -46,9 +46,30 @@ def test_newton_solves_a_quadratic_in_one_step_and_is_drawn_to_saddles():
     assert y_after < 0.1
 
 
+def test_rotated_quadratic_is_the_same_valley_turned():
+    q, turned = Quadratic(50), Quadratic(50, angle=45)
+    h = torch.autograd.functional.hessian(turned, torch.zeros(2, dtype=torch.float64))
+    # Hessian R diag(1, 50) R^T: eigenvalues 1 and 50, eigenvectors on the diagonals.
+    torch.testing.assert_close(
+        h, torch.tensor([[25.5, -24.5], [-24.5, 25.5]], dtype=torch.float64)
+    )
+    point = torch.tensor([0.3, -0.7], dtype=torch.float64)
+    c = s = 2**-0.5  # rotate the point by +45 degrees: same value as unrotated
+    x, y = point
+    rotated_point = torch.stack([c * x - s * y, s * x + c * y])
+    assert turned(rotated_point) == pytest.approx(q(point).item(), rel=1e-12)
+    assert Quadratic(50, angle=0)(point) == q(point)  # default is unchanged
+    assert Quadratic(50, angle=360)(point) == pytest.approx(q(point).item(), rel=1e-12)
+    assert newton_step(turned, (1.0, 2.0)).abs().max() < 1e-12
+    assert turned(torch.zeros(4, 3, 2)).shape == (4, 3)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="condition"):
         Quadratic(0.5)
+    for bad in (float("nan"), 400.0, "45"):
+        with pytest.raises(ValueError, match=r"^angle must be a real number in \["):
+            Quadratic(10, angle=bad)
     with pytest.raises(ValueError, match="b must"):
         Rosenbrock(b=-1)
     with pytest.raises(ValueError, match="2 coordinates"):
@@ -68,6 +89,7 @@ NUMPY_ARGUMENTS = [
     ("b", lambda v: Rosenbrock(v).b, np.int64(100)),
     ("num_steps", lambda v: trajectory(Quadratic(), sgd_0_01, (1.0, 1.0), v).tolist(),
      np.int64(3)),
+    ("angle", lambda v: Quadratic(10, angle=v).angle, np.float32(45.0)),
 ]  # fmt: skip
 
 
