@@ -138,21 +138,28 @@ def test_the_guard_puts_files_back(tmp_path):
     assert not (tmp_path / "new.txt").exists()
 
 
-def test_descendants_in_sessions_of_their_own_are_killed():
-    import subprocess
-    import time
+SUBREAPER = """
+import subprocess, sys, time
+from course_lib.labs import sandbox
+assert sandbox.become_subreaper()
+# a child that starts a process in a session of its own, then exits at once
+subprocess.run([sys.executable, "-c", "import subprocess\\n"
+                "subprocess.Popen(['sleep', '60'], start_new_session=True)"])
+deadline = time.monotonic() + 10
+while not sandbox.descendants() and time.monotonic() < deadline:
+    time.sleep(0.05)
+orphans = sandbox.descendants()
+killed = sandbox.kill_descendants()
+print(len(orphans), set(killed) >= set(orphans), sandbox.descendants())
+"""
 
-    assert sandbox.become_subreaper()
-    # a double fork into a new session: its parent exits at once
-    launcher = subprocess.Popen(
-        [sys.executable, "-c", "import os, subprocess, sys\n"
-         "subprocess.Popen(['sleep', '60'], start_new_session=True)\n"],
-    )  # fmt: skip
-    launcher.wait()
-    deadline = time.monotonic() + 10
-    while not sandbox.descendants() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    orphans = sandbox.descendants()
-    assert orphans, "the orphan was not adopted"
-    assert set(sandbox.kill_descendants()) >= set(orphans)
-    assert sandbox.descendants() == []
+
+def test_descendants_in_sessions_of_their_own_are_killed():
+    """In a process of its own: kill_descendants ends *every* descendant,
+    which in the test process would include pytest's own helpers."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", SUBREAPER], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "True", "[]"], done.stdout
