@@ -242,70 +242,69 @@ def scaled_lr(step, base_lr, base_batch_size, batch_size, warmup_steps):
 """
 
 
-def test_cheats_score_zero_with_a_verdict_naming_what_they_used(course, tmp_path):
-    folders = {lab: tmp_path / lab for lab in ("lab01_sgd", "lab02_optim",
-                                               "lab03_parallel")}  # fmt: skip
-    for folder in folders.values():
-        folder.mkdir()
-    lab1 = folders["lab01_sgd"]
-    nbformat.write(notebook(LAB1_COURSE_LIB), lab1 / "imports_course_lib.ipynb")
-    nbformat.write(notebook(LAB1_TORCH), lab1 / "uses_torch.ipynb")
-    refs = notebook(calls_the_references("lab01_sgd"))
-    nbformat.write(refs, lab1 / "refs.ipynb")
-    lab2 = folders["lab02_optim"]
-    nbformat.write(notebook(LAB2_SUBCLASSES), lab2 / "subclasses.ipynb")
-    imports = (
-        "from course_lib.optim import Adam, RMSprop as RMSProp, SGD as MomentumSGD"
-    )
-    nbformat.write(notebook(imports), lab2 / "imports_course_lib.ipynb")
-    nbformat.write(notebook(LAB2_CAPTURED), lab2 / "captured.ipynb")
-    student = nbformat.read(ROOT / "labs" / "lab02_optim" / "lab02_optim.ipynb", 4)
-    patched = copy.deepcopy(student)
-    patched.cells.append(nbformat.v4.new_code_cell(PATCH_EVERYTHING))
-    nbformat.write(patched, lab2 / "patches_everything.ipynb")
-    nbformat.write(solution("lab02_optim"), lab2 / "honest.ipynb")
-    lab3 = folders["lab03_parallel"]
-    nbformat.write(notebook(LAB3_COURSE_LIB), lab3 / "imports_course_lib.ipynb")
-    refs = notebook(calls_the_references("lab03_parallel"))
-    nbformat.write(refs, lab3 / "refs.ipynb")
+class TestCheatsScoreZeroWithAVerdictNamingWhatTheyUsed:
+    """One grader call per lab (a class, so xdist's loadscope can run them
+    side by side)."""
 
-    r1 = grade(course, "lab01_sgd", lab1, "--budget", "60")
-    assert_cheated(r1["imports_course_lib"], {
-        "q1": "course_lib.train.minibatch_indices", "q2": "course_lib.train.sgd_step",
-        "q3": "course_lib.train", "q4": "course_lib.schedules.StepDecay",
-        "q5": "course_lib.schedules.Cosine", "q6": "course_lib.schedules",
-        "q7": "course_lib.diagnose.diagnose"})  # fmt: skip
-    assert_cheated(r1["uses_torch"], {
-        "q1": "torch.utils.data.", "q2": "torch.optim.SGD",
-        "q4": "torch.optim.lr_scheduler.StepLR",
-        "q5": "torch.optim.lr_scheduler.CosineAnnealingLR",
-        "q6": "torch.optim.lr_scheduler."})  # fmt: skip
-    assert_cheated(r1["refs"], dict.fromkeys(get_lab("lab01_sgd").QUESTIONS,
-                                             "course_lib."))  # fmt: skip
+    def test_lab1(self, course, tmp_path):
+        write(tmp_path, {"imports_course_lib": notebook(LAB1_COURSE_LIB),
+                         "uses_torch": notebook(LAB1_TORCH),
+                         "refs": notebook(calls_the_references("lab01_sgd")),
+                         })  # fmt: skip
+        r1 = grade(course, "lab01_sgd", tmp_path, "--budget", "60")
+        assert_cheated(r1["imports_course_lib"], {
+            "q1": "course_lib.train.minibatch_indices",
+            "q2": "course_lib.train.sgd_step",
+            "q3": "course_lib.train", "q4": "course_lib.schedules.StepDecay",
+            "q5": "course_lib.schedules.Cosine", "q6": "course_lib.schedules",
+            "q7": "course_lib.diagnose.diagnose"})  # fmt: skip
+        assert_cheated(r1["uses_torch"], {
+            "q1": "torch.utils.data.", "q2": "torch.optim.SGD",
+            "q4": "torch.optim.lr_scheduler.StepLR",
+            "q5": "torch.optim.lr_scheduler.CosineAnnealingLR",
+            "q6": "torch.optim.lr_scheduler."})  # fmt: skip
+        assert_cheated(r1["refs"], dict.fromkeys(get_lab("lab01_sgd").QUESTIONS,
+                                                 "course_lib."))  # fmt: skip
 
-    r2 = grade(course, "lab02_optim", lab2, "--budget", "60")
-    assert_cheated(r2["subclasses"], {"q1": "torch.optim.SGD",
-                                      "q2": "torch.optim.RMSprop",
-                                      "q3": "torch.optim.Adam"})  # fmt: skip
-    assert_cheated(r2["imports_course_lib"], {
-        "q1": "course_lib.optim.SGD", "q2": "course_lib.optim.RMSprop",
-        "q3": "course_lib.optim.Adam"})  # fmt: skip
-    assert_cheated(r2["captured"], {"q2": "torch.optim.RMSprop",
-                                    "q3": "torch.optim.Adam"})  # fmt: skip
-    patched = r2["patches_everything"]
-    assert patched["total"] == 0
-    for q in patched["questions"].values():  # graded as the stubs they are
-        assert "is not implemented yet" in q["cases"][0]["message"], q
-    assert r2["honest"]["total"] == 7, scores(r2)["honest"]
+    def test_lab2(self, course, tmp_path):
+        student = nbformat.read(ROOT / "labs" / "lab02_optim" / "lab02_optim.ipynb", 4)
+        patched = copy.deepcopy(student)
+        patched.cells.append(nbformat.v4.new_code_cell(PATCH_EVERYTHING))
+        imports = (
+            "from course_lib.optim import Adam, RMSprop as RMSProp, SGD as MomentumSGD"
+        )
+        write(tmp_path, {"subclasses": notebook(LAB2_SUBCLASSES),
+                         "imports_course_lib": notebook(imports),
+                         "captured": notebook(LAB2_CAPTURED),
+                         "patches_everything": patched,
+                         "honest": solution("lab02_optim")})  # fmt: skip
+        r2 = grade(course, "lab02_optim", tmp_path, "--budget", "30")
+        assert_cheated(r2["subclasses"], {"q1": "torch.optim.SGD",
+                                          "q2": "torch.optim.RMSprop",
+                                          "q3": "torch.optim.Adam"})  # fmt: skip
+        assert_cheated(r2["imports_course_lib"], {
+            "q1": "course_lib.optim.SGD", "q2": "course_lib.optim.RMSprop",
+            "q3": "course_lib.optim.Adam"})  # fmt: skip
+        assert_cheated(r2["captured"], {"q2": "torch.optim.RMSprop",
+                                        "q3": "torch.optim.Adam"})  # fmt: skip
+        patched = r2["patches_everything"]
+        assert patched["total"] == 0
+        for q in patched["questions"].values():  # graded as the stubs they are
+            assert "is not implemented yet" in q["cases"][0]["message"], q
+        assert r2["honest"]["total"] == 7, scores(r2)["honest"]
 
-    r3 = grade(course, "lab03_parallel", lab3, "--budget", "60")
-    assert_cheated(r3["imports_course_lib"], {
-        "q1": "torch.utils.data.DistributedSampler",
-        "q2": "course_lib.parallel.average_gradients",
-        "q3": "course_lib.parallel.accumulate_gradients",
-        "q4": "course_lib.parallel.warmup_linear_scaling"})  # fmt: skip
-    assert_cheated(r3["refs"], dict.fromkeys(get_lab("lab03_parallel").QUESTIONS,
-                                             "course_lib."))  # fmt: skip
+    def test_lab3(self, course, tmp_path):
+        write(tmp_path, {"imports_course_lib": notebook(LAB3_COURSE_LIB),
+                         "refs": notebook(calls_the_references("lab03_parallel")),
+                         })  # fmt: skip
+        r3 = grade(course, "lab03_parallel", tmp_path, "--budget", "60")
+        assert_cheated(r3["imports_course_lib"], {
+            "q1": "torch.utils.data.DistributedSampler",
+            "q2": "course_lib.parallel.average_gradients",
+            "q3": "course_lib.parallel.accumulate_gradients",
+            "q4": "course_lib.parallel.warmup_linear_scaling"})  # fmt: skip
+        assert_cheated(r3["refs"], dict.fromkeys(get_lab("lab03_parallel").QUESTIONS,
+                                                 "course_lib."))  # fmt: skip
 
 
 # ------------------------------------------------ tampering, crashes, floods
