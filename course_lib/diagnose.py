@@ -42,6 +42,7 @@ from ._util import history_field
 from .device import generator as device_generator
 from .device import shifted_seed
 
+#: The pathologies :func:`diagnose` names, in the order it tests them.
 PATHOLOGIES = (
     "diverging",
     "not_training",
@@ -233,8 +234,8 @@ def diagnose(history) -> Diagnosis:
     raise AssertionError("unreachable: the healthy rule always answers")
 
 
-# How chapter 1, lab 1 and the tests produce each pathology with a real run: an
-# MLP on MNIST-1D trained by plain SGD, one setting changed per pathology.
+#: How chapter 1, lab 1 and the tests produce each pathology with a real run
+#: (an MLP on MNIST-1D trained by plain SGD), with the settings each run changes.
 RECIPES = {
     "diverging": dict(lr=10.0),
     "not_training": dict(lr=1e-3),

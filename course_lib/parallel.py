@@ -66,7 +66,7 @@ from course_lib.schedules import Constant, Warmup
 __all__ = [
     "AllReduceBatchNorm", "DDPConfig", "accumulate_gradients", "average_gradients",
     "backend_for", "launch", "main", "scaled_lr", "to_sync_batchnorm", "train_ddp",
-    "warmup_linear_scaling",
+    "warmup_linear_scaling", "WorkerError", "WorkerTimeout", "WorkerDied",
 ]  # fmt: skip
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -435,7 +435,7 @@ class AllReduceBatchNorm(_BatchNorm):
         \sigma_c^2 = \frac{1}{N} \sum_k \sum_{i \in k} (x_{ic} - \mu_c)^2
 
     Each sum is one ``all_reduce`` of a vector of :math:`C` numbers (plus the
-    count), made differentiable by :class:`_AllReduceSum`: the backward pass
+    count), made differentiable by ``_AllReduceSum``: the backward pass
     all-reduces the gradients of the sums, so every worker's input gradient is
     that of the global batch. This is
     what ``nn.SyncBatchNorm`` does with fused CUDA kernels; the result is the

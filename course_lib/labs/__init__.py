@@ -1,6 +1,7 @@
 """Autograded labs: inline checks, student-notebook generation and grading.
 
-- :mod:`course_lib.labs.checks`: questions, feedback messages, :func:`declare`.
+- :mod:`course_lib.labs.checks`: questions, feedback messages,
+  :func:`~course_lib.labs.checks.declare`.
 - :mod:`course_lib.labs.harness`: pieces lab harnesses share (tiny float64
   networks, the first-mismatch explainer).
 - :mod:`course_lib.labs.generate`: ``solution.ipynb`` -> student notebook

@@ -151,8 +151,9 @@ def definitions(cells: list[str]):
 
 class Bindings:
     """What course_lib's modules and classes, the lab's questions and the
-    modules that save the answers are bound to now; :meth:`changed` names the
-    first rebinding since."""
+    modules that save the answers are bound to now;
+    :meth:`~course_lib.labs.answers.Bindings.changed` names the first
+    rebinding since."""
 
     def __init__(self, questions: dict):
         self.items = []  # (label, namespace dict, key, value)
@@ -169,6 +170,7 @@ class Bindings:
         self.items += [(label, namespace, k, v) for k, v in list(namespace.items())]
 
     def changed(self) -> str | None:
+        """The first binding that differs from the snapshot, or None."""
         missing = object()
         for label, namespace, key, value in self.items:
             if namespace.get(key, missing) is not value:
@@ -202,7 +204,8 @@ def plain(value, depth: int = 0):
 
 
 def record(output):
-    """The frame payload's value for one outcome of :func:`run_one`."""
+    """The frame payload's value for one outcome of
+    :func:`~course_lib.labs.checks.run_one`."""
     if isinstance(output, StudentError):
         return _error(output.type_name, output.message)
     if isinstance(output, NotImplementedYet):

@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 ALWAYS = ("course_lib.labs",)  # the references: no answer may call them
-# Code in these folders is not the student's: torch, course_lib, the stdlib and
-# installed packages.
+#: Code in these folders is not the student's (torch, course_lib, the stdlib and
+#: installed packages).
 LIBRARY_FOLDERS = tuple(
     str(path)
     for path in (
@@ -47,9 +47,9 @@ LIBRARY_FOLDERS = tuple(
 )
 
 
-# Called from a student's code, these switch the watch off or reach the grader's
-# own objects (its frames, everything the garbage collector holds), or start a
-# thread no profile hook follows; no lab answer needs them.
+#: Called from a student's code, these switch the watch off or reach the grader's
+#: own objects (its frames, everything the garbage collector holds), or start a
+#: thread no profile hook follows; no lab answer needs them.
 TAMPERING = (
     "sys.setprofile", "sys.settrace", "sys._getframe",
     "threading.setprofile", "threading.settrace", "_thread.start_new_thread",

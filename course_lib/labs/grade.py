@@ -57,7 +57,8 @@ from . import get_lab, sandbox
 from .checks import NOT_ALLOWED, NoAnswer, NotImplementedYet, StudentError, judge
 
 MAX_NOTEBOOK_BYTES = 32 * 2**20  # a lab notebook with its figures is ~1 MB
-MAX_ANSWERS_BYTES = 16 * 2**20  # one submission's outputs are kilobytes; a cap
+#: Bytes of a submission's answers read at most (they are kilobytes).
+MAX_ANSWERS_BYTES = 16 * 2**20
 MAX_FILE_BYTES = 256 * 2**20  # RLIMIT_FSIZE of every graded process
 
 
@@ -212,7 +213,8 @@ def load_answers(path, counts: dict) -> tuple[dict, list[str]]:
 
     Only a regular file is read, and only its first :data:`MAX_ANSWERS_BYTES`;
     payloads are loaded with ``weights_only=True`` (tensors and plain values,
-    no code). A case with no frame gets a :class:`NoAnswer` saying why.
+    no code). A case with no frame gets a
+    :class:`~course_lib.labs.checks.NoAnswer` saying why.
     """
     stopped = "no answer: computing the answers stopped before this case"
     got = {k: [NoAnswer(stopped)] * n for k, n in counts.items()}

@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
-MAX_GUARDED_BYTES = 64 * 2**20  # files larger than this are hashed, not kept
+#: Guarded files larger than this are kept as a hash, not a copy.
+MAX_GUARDED_BYTES = 64 * 2**20
 
 
 def become_subreaper() -> bool:
