@@ -45,7 +45,7 @@ book: install
 test: install
 	$(VENV)/bin/ruff check course_lib tests benchmarks
 	$(PY) -m pytest tests $(CHAPTERS) --nbval-lax --nbval-cell-timeout=300 \
-		$(XDIST) --durations=15 -p no:cacheprovider
+		$(XDIST) --durations=15 -p no:cacheprovider -p notebook_budget
 
 # Every chapter again on other seeds (COURSE_LIB_SEED_SHIFT, read by
 # course_lib.device) and with the machine's default thread count: a hidden check

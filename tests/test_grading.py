@@ -25,6 +25,7 @@ from course_lib.labs.grade import grade_folder, main, write_reports
 
 ROOT = Path(__file__).resolve().parents[1]
 CELL_TIMEOUT = 30  # seconds; the slowest honest cell takes under 10 (lab 2, training)
+LAB_SECONDS = 60  # the promise: each lab runs in at most 60 s on a 2-core CPU
 
 
 def defining_cell(nb, name: str):
@@ -179,6 +180,8 @@ def grade_the_matrix(lab: str, tmp_path: Path):
 def check_solution_and_student_ran_to_the_end(results, questions):
     solution, student = results["Alice solution (2)"], results["bob_untouched"]
     assert solution.errors == [] and student.errors == []
+    # kernel start-up included, beside another notebook on the other core
+    assert solution.notebook_seconds <= LAB_SECONDS, solution.notebook_seconds
     assert solution.printed.count("[pass]") == len(questions)
     assert student.printed.count("[FAIL]") == len(questions)
     assert "[pass]" not in student.printed

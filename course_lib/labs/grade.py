@@ -85,7 +85,8 @@ class Result:
     questions: dict = field(default_factory=dict)
     errors: list = field(default_factory=list)  # what went wrong while executing
     printed: str = ""  # what the notebook's own cells printed (its check results)
-    seconds: float = 0.0
+    seconds: float = 0.0  # everything: the notebook, its answers, the judging
+    notebook_seconds: float = 0.0  # executing the notebook alone
     tampering: list = field(default_factory=list)  # files it changed, undone
 
     @property
@@ -276,7 +277,9 @@ def grade_notebook(lab: str, path: Path, source: bytes, cases: dict, expected: d
             nb, result.errors = None, [f"not a readable notebook: {str(err)[:200]}"]
         if nb is not None:
             env = sandbox.private_tree(Path(tmp) / "kernel", course, cache)
+            started = time.perf_counter()
             result.errors = _execute(nb, Path(tmp) / "kernel" / "work", limits, env)
+            result.notebook_seconds = time.perf_counter() - started
             result.printed = _printed(nb.cells)
             sandbox.kill_descendants()
             frames, notes = _compute_answers(
