@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from course_lib.notebook import COLAB_SETUP
+from course_lib.notebook import COLAB_SETUP, REPOSITORY, SETUP_TAG
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,34 @@ def test_committed_without_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS)
 def test_first_code_cell_is_the_colab_setup(path):
-    assert source(code_cells(load(path))[0]).strip() == COLAB_SETUP
+    first = code_cells(load(path))[0]
+    assert source(first).strip() == COLAB_SETUP, (
+        f"{path}: update it with course_lib.notebook.apply_setup_cell"
+    )
+    # collapsed on the rendered page: a reader's first sight is the chapter
+    assert SETUP_TAG in first.get("metadata", {}).get("tags", []), path
+
+
+def test_the_repository_url_is_the_same_everywhere():
+    """course_lib.notebook.REPOSITORY is the one source; the book's config,
+    the README and the landing page say the same, and no file names another
+    address for the course."""
+    import re
+
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert config["repository"]["url"] == REPOSITORY
+    for name in ("README.md", "intro.md"):
+        assert f"git clone {REPOSITORY}" in (ROOT / name).read_text(), name
+    owner = REPOSITORY.split("github.com/")[1].split("/")[0]
+    pattern = re.compile(rf"https://github\.com/{owner}/[\w.-]+")
+    for path in ROOT.rglob("*"):
+        if path.suffix in {".md", ".ipynb", ".py", ".yml", ".toml"} and not (
+            {".venv", "_build", ".git"} & set(path.relative_to(ROOT).parts)
+        ):
+            for url in pattern.findall(path.read_text(errors="replace")):
+                assert url == REPOSITORY, (path, url)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS)
