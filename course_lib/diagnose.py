@@ -333,7 +333,9 @@ def gradient_noise(
     .. math:: \mathbb{E}\lVert g_B - g\rVert^2
               = \frac{\operatorname{tr}\Sigma}{B}\,\frac{N - B}{N - 1},
 
-    with :math:`\Sigma` the covariance of the per-sample gradients. The model
+    with :math:`\Sigma = \frac{1}{N}\sum_i (\nabla\ell_i - g)(\nabla\ell_i - g)^\top`
+    the covariance of the per-sample gradients, normalised by :math:`N` (with
+    :math:`N - 1` the last factor would read :math:`(N - B)/N`). The model
     is left unchanged (only its ``.grad`` fields are overwritten).
     """
     n = len(X)
