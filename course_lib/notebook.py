@@ -7,13 +7,14 @@ anywhere else it does nothing. The notebook tests
 check that each notebook starts with exactly this text.
 """
 
-#: Where the course lives: the setup cell, the README and the book's
+#: Where the course lives. The setup cell, the README and the book's
 #: ``_config.yml`` (``repository.url``) all say this; a test keeps them equal.
 REPOSITORY = "https://github.com/training-neural-networks/course"
 
-#: The one setting of the setup cell: ``COURSE_LIB_SOURCE`` (a pip source,
-#: e.g. ``file:///path/to/a/checkout``) installs course_lib from there instead
-#: of the repository; the Colab simulation test uses it.
+#: The first code cell of every notebook. Its one setting is the environment
+#: variable ``COURSE_LIB_SOURCE`` (a pip source, e.g.
+#: ``file:///path/to/a/checkout``), which installs course_lib from there
+#: instead of the repository; the Colab simulation test uses it.
 COLAB_SETUP = f"""\
 # Colab setup: on Google Colab, install this course's library (course_lib)
 # from the repository. Anywhere else this cell does nothing.
