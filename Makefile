@@ -44,6 +44,7 @@ book: install
 # Unit tests, every chapter and lab notebook under nbval, the book build.
 test: install
 	$(VENV)/bin/ruff check course_lib tests benchmarks
+	$(VENV)/bin/actionlint .github/workflows/*.yml
 	$(PY) -m pytest tests $(CHAPTERS) --nbval-lax --nbval-cell-timeout=300 \
 		$(XDIST) --durations=15 -p no:cacheprovider -p notebook_budget
 

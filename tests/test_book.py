@@ -5,6 +5,7 @@ every notebook; `make book` renders with outputs.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,7 +99,11 @@ def test_every_course_lib_module_has_an_api_page(html):
 
 # --- the book in a real browser (headless Chromium, offline) ----------------------
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# Debian's chromium here; GitHub's runners ship Google Chrome and its driver.
+CHROMIUM = (os.environ.get("COURSE_CHROMIUM") or shutil.which("chromium")
+            or shutil.which("google-chrome") or "/usr/bin/chromium")  # fmt: skip
+CHROMEDRIVER = (os.environ.get("COURSE_CHROMEDRIVER") or shutil.which("chromedriver")
+                or "/usr/bin/chromedriver")  # fmt: skip
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 PHONE_WIDTH = 390  # px, a common phone's CSS width
 
