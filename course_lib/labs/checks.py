@@ -113,7 +113,8 @@ class StudentError(Exception):
         self.type_name, self.message = type_name, message
 
 
-def _forbidden(name: str) -> StudentError:
+def forbidden_use(name: str) -> StudentError:
+    """The outcome of an answer that used the forbidden object ``name``."""
     return StudentError("ForbiddenUse", str(forbid.ForbiddenUse(name)))
 
 
@@ -147,7 +148,7 @@ def run_one(question: Question, fn: Callable, inputs: Inputs, on_use=None):
     if used:
         if on_use is not None:
             on_use(used)
-        return _forbidden(used)
+        return forbidden_use(used)
     watch = forbid.Watch(rules, on_use=on_use)
     try:
         with watch:
@@ -156,7 +157,7 @@ def run_one(question: Question, fn: Callable, inputs: Inputs, on_use=None):
         return NotImplementedYet(f"{question.function} is not implemented yet")
     except Exception as err:  # noqa: BLE001 - any student error is a finding
         if watch.used:  # the forbidden call came first, whatever failed after it
-            return _forbidden(watch.used)
+            return forbidden_use(watch.used)
         # A worker's error (course_lib.parallel.WorkerError) carries its type
         # name, message and traceback text from the other process.
         type_name = getattr(err, "type_name", type(err).__name__)
@@ -167,7 +168,7 @@ def run_one(question: Question, fn: Callable, inputs: Inputs, on_use=None):
         where = student_line(text_tb if isinstance(text_tb, str) and text_tb
                              else err.__traceback__)  # fmt: skip
         return StudentError(type_name, f"{text} (raised at {where})")
-    return _forbidden(watch.used) if watch.used else out
+    return forbidden_use(watch.used) if watch.used else out
 
 
 def shorten(text: str, limit: int = _MAX_SHOWN) -> str:

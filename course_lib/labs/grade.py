@@ -52,9 +52,17 @@ from pathlib import Path
 import nbformat
 import torch
 
+from ..data import cache_dir
 from . import answers as answers_process
 from . import get_lab, sandbox
-from .checks import NOT_ALLOWED, NoAnswer, NotImplementedYet, StudentError, judge
+from .checks import (
+    NOT_ALLOWED,
+    NoAnswer,
+    NotImplementedYet,
+    StudentError,
+    forbidden_use,
+    judge,
+)
 
 MAX_NOTEBOOK_BYTES = 32 * 2**20  # a lab notebook with its figures is ~1 MB
 #: Bytes of a submission's answers read at most (they are kilobytes).
@@ -248,15 +256,9 @@ def load_answers(path, counts: dict) -> tuple[dict, list[str]]:
                 notes.append("an answer frame could not be read")
     for key, name in forbidden.items():
         if key in got:
-            used = StudentError("ForbiddenUse", _forbidden_text(name))
+            used = forbidden_use(name)
             got[key] = [used] * counts[key]
     return got, notes
-
-
-def _forbidden_text(name: str) -> str:
-    from .forbid import ForbiddenUse
-
-    return str(ForbiddenUse(name))
 
 
 def grade_notebook(lab: str, path: Path, source: bytes, cases: dict, expected: dict,
@@ -324,8 +326,6 @@ def prepare(lab: str, seed: int):
     public = {k: q.public_cases() for k, q in questions.items()}
     expected = {k: [q.expected_outputs(i) for _, i in public[k]]
                 for k, q in questions.items()}  # fmt: skip
-    from ..data import cache_dir
-
     shared = cache_dir()
     with tempfile.TemporaryDirectory(prefix="hidden-") as tmp:
         sandbox.write_tree(Path(tmp), sandbox.read_tree(shared))
@@ -366,8 +366,6 @@ def _worker_init(memory: int) -> None:
 
 
 def _guards(folder: Path, out: Path) -> list:
-    from ..data import cache_dir
-
     package = Path(__file__).resolve().parents[1]
     guards = [sandbox.Guard(package, "course_lib"),
               sandbox.Guard(folder, str(folder), skip=[out]),
@@ -392,50 +390,52 @@ def grade_folder(
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     limits = Limits(float(cell_timeout), float(budget), int(memory_gb * 2**30))
-    sys.dont_write_bytecode = True
-    sources = {}
-    for path in notebooks:
-        with open(path, "rb") as f:
-            sources[path] = f.read(MAX_NOTEBOOK_BYTES + 1)
-    cases, expected = prepare(lab, seed)
-    course = sandbox.package_files()
-    from ..data import cache_dir
-
-    cache = sandbox.read_tree(cache_dir())
-    out = Path(out) if out is not None else Path(folder) / "grades"
-    guards = _guards(Path(folder), out)
-    context = multiprocessing.get_context("spawn")  # the caller may have threads
-    results, suspects_of = {}, {}
-    pool = ProcessPoolExecutor(min(jobs, len(notebooks)), mp_context=context,
-                               initializer=_worker_init, initargs=(limits.memory,))
-    with pool:
-        futures = {
-            pool.submit(grade_notebook, lab, p, sources[p], cases, expected,
-                        limits, course, cache): p
-            for p in notebooks
-        }  # fmt: skip
-        pending, finished_since = set(futures), []
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                path = futures[future]
-                results[path] = future.result()
-                finished_since.append(path)
-                print(summary_line(results[path]), flush=True)
-            changes = [c for g in guards for c in g.restore()]
-            if changes:
-                running = [futures[f] for f in pending if f.running()]
-                suspects = finished_since + running
-                for path in suspects:
-                    others = [s.stem for s in suspects if s != path]
-                    note = [c + (f" (while {', '.join(others)} also ran)"
-                                 if others else "") for c in changes]  # fmt: skip
-                    suspects_of.setdefault(path, []).extend(note)
-            finished_since = []
-    for path, notes in suspects_of.items():
-        results[path].tampering += notes
-    ordered = [results[p] for p in notebooks]
-    return ordered
+    # A compiled cache written now into course_lib would look like tampering.
+    previous, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        sources = {}
+        for path in notebooks:
+            with open(path, "rb") as f:
+                sources[path] = f.read(MAX_NOTEBOOK_BYTES + 1)
+        cases, expected = prepare(lab, seed)
+        course = sandbox.package_files()
+        cache = sandbox.read_tree(cache_dir())
+        out = Path(out) if out is not None else Path(folder) / "grades"
+        guards = _guards(Path(folder), out)
+        context = multiprocessing.get_context("spawn")  # the caller may have threads
+        results, suspects_of = {}, {}
+        pool = ProcessPoolExecutor(min(jobs, len(notebooks)), mp_context=context,
+                                   initializer=_worker_init, initargs=(limits.memory,))
+        with pool:
+            futures = {
+                pool.submit(grade_notebook, lab, p, sources[p], cases, expected,
+                            limits, course, cache): p
+                for p in notebooks
+            }  # fmt: skip
+            pending, finished_since = set(futures), []
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    path = futures[future]
+                    results[path] = future.result()
+                    finished_since.append(path)
+                    print(summary_line(results[path]), flush=True)
+                changes = [c for g in guards for c in g.restore()]
+                if changes:
+                    running = [futures[f] for f in pending if f.running()]
+                    suspects = finished_since + running
+                    for path in suspects:
+                        others = [s.stem for s in suspects if s != path]
+                        note = [c + (f" (while {', '.join(others)} also ran)"
+                                     if others else "") for c in changes]  # fmt: skip
+                        suspects_of.setdefault(path, []).extend(note)
+                finished_since = []
+        for path, notes in suspects_of.items():
+            results[path].tampering += notes
+        ordered = [results[p] for p in notebooks]
+        return ordered
+    finally:
+        sys.dont_write_bytecode = previous
 
 
 def summary_line(result: Result) -> str:
