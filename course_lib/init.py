@@ -86,16 +86,16 @@ _DEFAULT_NEGATIVE_SLOPE = 0.01  # nn.LeakyReLU's default
 def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
     r"""The factor by which to scale a weight's standard deviation after it.
 
-    =====================  ===================================================
-    nonlinearity           gain
-    =====================  ===================================================
-    linear, conv*, sigmoid :math:`1`
-    tanh                   :math:`5/3`
-    relu                   :math:`\sqrt{2}`
-    leaky_relu             :math:`\sqrt{2 / (1 + \alpha^2)}`, slope
-                           :math:`\alpha` = ``param`` (default 0.01)
-    selu                   :math:`3/4`
-    =====================  ===================================================
+    =======================  =================================================
+    nonlinearity             gain
+    =======================  =================================================
+    linear, conv*, sigmoid   :math:`1`
+    tanh                     :math:`5/3`
+    relu                     :math:`\sqrt{2}`
+    leaky_relu               :math:`\sqrt{2 / (1 + \alpha^2)}`, slope
+                             :math:`\alpha` = ``param`` (default 0.01)
+    selu                     :math:`3/4`
+    =======================  =================================================
 
     The ReLU gain follows from :math:`E[\mathrm{relu}(z)^2] =
     \operatorname{Var}(z)/2` for a symmetric zero-mean :math:`z`; a leaky ReLU
