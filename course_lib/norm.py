@@ -13,14 +13,14 @@ shift :math:`\beta` (``bias``):
 The layers differ only in which elements of an :math:`(N, C, H, W)` tensor
 share one :math:`\mu, \sigma^2`:
 
-==============  =============================  ================================
-layer           averages over                  one statistic per
-==============  =============================  ================================
-BatchNorm       :math:`N, H, W`                channel :math:`c`
-LayerNorm       the trailing ``normalized_shape``  sample :math:`n`
-InstanceNorm    :math:`H, W`                   sample and channel :math:`(n, c)`
-GroupNorm       :math:`H, W` and C/G channels  sample and group :math:`(n, g)`
-==============  =============================  ================================
+==============  ====================================  ============================
+layer           averages over                         one statistic per
+==============  ====================================  ============================
+BatchNorm       :math:`N, H, W`                       channel
+LayerNorm       the trailing ``normalized_shape``     sample
+InstanceNorm    :math:`H, W`                          sample and channel
+GroupNorm       :math:`H, W` and a group's channels   sample and group of channels
+==============  ====================================  ============================
 
 Weight norm instead reparametrises a weight, :math:`w = g\,v/\lVert v\rVert`.
 
@@ -37,10 +37,13 @@ channel when training) are raised with torch's message.
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.utils import parametrize
 
 from ._args import check_bool, check_int, check_int_sequence, check_real, require
@@ -90,14 +93,9 @@ def _check_channels(input: torch.Tensor, **per_channel) -> None:
 
 def _verify_batch_size(size) -> None:
     """torch's check: more than one value per channel, else its ValueError."""
-    count = size[0]
-    for n in size[2:]:
-        count *= n
-    if count == 1:
-        raise ValueError(
-            "Expected more than 1 value per channel when training, "
-            f"got input size {size}"
-        )
+    if math.prod([size[0], *size[2:]]) == 1:
+        message = "Expected more than 1 value per channel when training"
+        raise ValueError(f"{message}, got input size {size}")
 
 
 class BatchNormFunction(torch.autograd.Function):
@@ -157,6 +155,7 @@ class BatchNormFunction(torch.autograd.Function):
         return _affine(xhat, weight, bias)
 
     @staticmethod
+    @once_differentiable  # its saved xhat is cut from x: no second derivative
     def backward(ctx, grad_y):
         xhat, inv_std, weight = ctx.saved_tensors
         dims = _not_channel(grad_y)
@@ -177,6 +176,8 @@ class BatchNormFunction(torch.autograd.Function):
 @torch.no_grad()
 def _update_running_stats(x, running_mean, running_var, momentum) -> None:
     """Exponential averages of the batch mean and UNBIASED batch variance."""
+    if x.numel() == 0:  # as torch: an empty batch leaves the statistics alone
+        return
     dims = _not_channel(x)
     m = x.numel() // x.shape[1]
     mean = x.mean(dim=dims, keepdim=True)
@@ -239,10 +240,11 @@ class _NormBase(nn.Module):
     """Arguments, parameters and buffers shared by batch and instance norm."""
 
     _version = 2  # torch's: the version that added num_batches_tracked
+    # Constructor: torch's arguments and (batch norm's) defaults, all checked
 
     def __init__(
-        self, num_features, eps, momentum, affine, track_running_stats,
-        device=None, dtype=None, *, bias=True,
+        self, num_features, eps=1e-5, momentum=0.1, affine=True,
+        track_running_stats=True, device=None, dtype=None, *, bias=True,
     ):  # fmt: skip
         super().__init__()
         self.num_features = check_int("num_features", num_features, low=1)
@@ -255,7 +257,7 @@ class _NormBase(nn.Module):
         self.track_running_stats = track
         shape, bias = (self.num_features,), check_bool("bias", bias)
         _register_affine(self, shape, self.affine, bias, device, dtype)
-        track, like = self.track_running_stats, {"device": device, "dtype": dtype}
+        like = {"device": device, "dtype": dtype}
         for name, make in (("running_mean", torch.zeros), ("running_var", torch.ones)):
             self.register_buffer(name, make(shape, **like) if track else None)
         count = torch.tensor(0, dtype=torch.long, device=device) if track else None
@@ -288,15 +290,6 @@ class _NormBase(nn.Module):
 
 
 class _BatchNorm(_NormBase):
-    def __init__(
-        self, num_features, eps=1e-5, momentum=0.1, affine=True,
-        track_running_stats=True, device=None, dtype=None, *, bias=True,
-    ):  # fmt: skip
-        super().__init__(
-            num_features, eps, momentum, affine, track_running_stats,
-            device, dtype, bias=bias,
-        )  # fmt: skip
-
     def _average_factor(self) -> float:
         """Counts a training batch; the momentum, or 1/count if it is None."""
         if not (self.training and self.track_running_stats):
@@ -363,7 +356,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 
 def _shape(normalized_shape) -> tuple[int, ...]:
-    if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
+    if isinstance(normalized_shape, numbers.Integral):
         normalized_shape = (normalized_shape,)
     return check_int_sequence(
         "normalized_shape", normalized_shape, low=1, nonempty=True
@@ -423,7 +416,8 @@ def group_norm(input, num_groups, weight=None, bias=None, eps=1e-5):
     require(c % num_groups == 0, "num_groups", f"a divisor of C = {c}", num_groups)
     # torch's check, as torch writes it: (N * C / G) * H * W values must not be 1
     _verify_batch_size([n * c // num_groups, num_groups, *input.shape[2:]])
-    grouped = input.reshape(n, num_groups, -1)  # (N, G, C/G * H * W)
+    per_group = c // num_groups * math.prod(input.shape[2:])
+    grouped = input.reshape(n, num_groups, per_group)  # (N, G, C/G * H * W)
     mean, var = _stats(grouped, (2,))  # (N, G, 1) each
     y = _standardise(grouped, mean, var, eps).reshape(input.shape)
     return _affine(y, weight, bias)
@@ -467,8 +461,11 @@ class GroupNorm(nn.Module):
 
 @torch.no_grad()
 def _update_instance_stats(x, running_mean, running_var, momentum) -> None:
-    """torch's rule: each (n, c) updates a copy of r; the N copies are averaged."""
-    dims, m = tuple(range(2, x.dim())), x[0, 0].numel()
+    """torch's rule: each (n, c) updates a copy of r; the N copies are averaged.
+
+    So an empty batch (N = 0) makes them NaN, in torch as here.
+    """
+    dims, m = tuple(range(2, x.dim())), math.prod(x.shape[2:])
     mean = x.mean(dim=dims, keepdim=True)  # (N, C, 1, ...)
     if running_mean is not None:
         copies = momentum * mean.flatten(1) + (1 - momentum) * running_mean  # (N, C)
@@ -499,11 +496,9 @@ def instance_norm(
     )  # fmt: skip
     if not use_input_stats:
         return batch_norm(input, running_mean, running_var, weight, bias, False, 0, eps)
-    if input[0, 0].numel() == 1:  # torch's check and message
-        raise ValueError(
-            "Expected more than 1 spatial element when training, "
-            f"got input size {input.size()}"
-        )
+    if math.prod(input.shape[2:]) == 1:  # torch's check and message
+        message = "Expected more than 1 spatial element when training"
+        raise ValueError(f"{message}, got input size {input.size()}")
     _update_instance_stats(input, running_mean, running_var, momentum)
     mean, var = _stats(input, tuple(range(2, input.dim())))  # (N, C, 1, ...)
     return _affine(_standardise(input, mean, var, eps), weight, bias)
@@ -520,7 +515,7 @@ class _InstanceNorm(_NormBase):
         )  # fmt: skip
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(input)
+        self._check_input_dim(input)  # (N, C, *) or unbatched (C, *)
         unbatched = input.dim() == self._input_dims[0]
         self._check_features(input, 0 if unbatched else 1)
         x = input.unsqueeze(0) if unbatched else input

@@ -176,6 +176,33 @@ def test_batch_norm_single_value_per_channel(ours_cls, torch_cls, shape, track):
         same_state(ours, ref)  # torch counts the failed batch; so do we
 
 
+@pytest.mark.parametrize(
+    "ours_cls, torch_cls, args, shape",
+    [(norm.BatchNorm2d, nn.BatchNorm2d, (3,), (0, 3, 2, 2)),
+     (norm.GroupNorm, nn.GroupNorm, (2, 4), (0, 4, 3)),
+     (norm.LayerNorm, nn.LayerNorm, (3,), (0, 3))], ids=str,
+)  # fmt: skip
+def test_empty_batch_follows_torch(ours_cls, torch_cls, args, shape):
+    ours, ref = make_pair(ours_cls, torch_cls, *args)
+    run(ours, ref, shape, modes="TE")  # batch norm: counted, statistics kept
+
+
+def test_instance_norm_empty_batch_makes_running_stats_nan_as_torch():
+    x = torch.randn(0, 3, 4, dtype=D)
+    for cls in (nn.InstanceNorm1d, norm.InstanceNorm1d):
+        module = cls(3, track_running_stats=True).double()
+        assert module(x).shape == x.shape
+        assert module.running_mean.isnan().all() and module.running_var.isnan().all()
+
+
+def test_batch_norm_function_refuses_a_second_derivative():
+    x = torch.randn(4, 3, dtype=D, requires_grad=True)
+    y = norm.BatchNormFunction.apply(x, None, None, 1e-5)
+    (grad,) = torch.autograd.grad(y.pow(3).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grad.sum().backward()
+
+
 def test_batch_of_one_with_more_positions_trains():
     ours, ref = make_pair(norm.BatchNorm1d, nn.BatchNorm1d, 3)
     run(ours, ref, (1, 3, 4), modes="TTE")
@@ -473,6 +500,7 @@ def test_signatures_and_repr_match_torch(ours, theirs):
      (lambda: norm.LayerNorm(0), "normalized_shape"),
      (lambda: norm.LayerNorm([3, True]), "normalized_shape"),
      (lambda: norm.LayerNorm(3, bias="yes"), "bias"),
+     (lambda: norm.LayerNorm(2.0), "normalized_shape"),
      (lambda: norm.GroupNorm(3, 4), "num_channels"),
      (lambda: norm.GroupNorm(0, 4), "num_groups"),
      (lambda: norm.LayerNorm(4)(torch.randn(2, 3)), "input"),
