@@ -26,6 +26,11 @@ D = torch.float64
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
 
+def name(value) -> str:
+    """A test id: a class's or function's name, else the value as text."""
+    return getattr(value, "__name__", str(value))
+
+
 def close(actual, expected, what):
     torch.testing.assert_close(actual, expected, **TOL, msg=lambda m: f"{what}: {m}")
 
@@ -100,8 +105,8 @@ BN_OPTIONS = [
 
 
 @pytest.mark.parametrize("momentum", [0.1, 0.5, None])
-@pytest.mark.parametrize("options", BN_OPTIONS, ids=str)
-@pytest.mark.parametrize("ours_cls, torch_cls, shape", BN_SHAPES, ids=str)
+@pytest.mark.parametrize("options", BN_OPTIONS, ids=name)
+@pytest.mark.parametrize("ours_cls, torch_cls, shape", BN_SHAPES, ids=name)
 def test_batch_norm_matches_torch(ours_cls, torch_cls, shape, options, momentum):
     ours, ref = make_pair(ours_cls, torch_cls, 3, momentum=momentum, **options)
     run(ours, ref, shape)
@@ -158,7 +163,7 @@ def test_running_var_is_unbiased_and_eval_leaves_it():
     "ours_cls, torch_cls, shape",
     [(norm.BatchNorm1d, nn.BatchNorm1d, (1, 3)),
      (norm.BatchNorm1d, nn.BatchNorm1d, (1, 3, 1)),
-     (norm.BatchNorm2d, nn.BatchNorm2d, (1, 3, 1, 1))], ids=str,
+     (norm.BatchNorm2d, nn.BatchNorm2d, (1, 3, 1, 1))], ids=name,
 )  # fmt: skip
 def test_batch_norm_single_value_per_channel(ours_cls, torch_cls, shape, track):
     ours, ref = make_pair(ours_cls, torch_cls, 3, track_running_stats=track)
@@ -182,7 +187,7 @@ def test_batch_norm_single_value_per_channel(ours_cls, torch_cls, shape, track):
     "ours_cls, torch_cls, args, shape",
     [(norm.BatchNorm2d, nn.BatchNorm2d, (3,), (0, 3, 2, 2)),
      (norm.GroupNorm, nn.GroupNorm, (2, 4), (0, 4, 3)),
-     (norm.LayerNorm, nn.LayerNorm, (3,), (0, 3))], ids=str,
+     (norm.LayerNorm, nn.LayerNorm, (3,), (0, 3))], ids=name,
 )  # fmt: skip
 def test_empty_batch_follows_torch(ours_cls, torch_cls, args, shape):
     ours, ref = make_pair(ours_cls, torch_cls, *args)
@@ -195,6 +200,14 @@ def test_instance_norm_empty_batch_makes_running_stats_nan_as_torch():
         module = cls(3, track_running_stats=True).double()
         assert module(x).shape == x.shape
         assert module.running_mean.isnan().all() and module.running_var.isnan().all()
+
+
+def test_modules_train_through_the_hand_written_backward():
+    x = torch.randn(4, 3, 2, 2, requires_grad=True)
+    assert type(norm.BatchNorm2d(3)(x).grad_fn).__name__ == "BatchNormFunctionBackward"
+    assert type(norm.batch_norm(x, None, None, training=True).grad_fn).__name__ == (
+        "BatchNormFunctionBackward"
+    )
 
 
 def test_batch_norm_function_refuses_a_second_derivative():
@@ -216,7 +229,7 @@ def test_batch_of_one_with_more_positions_trains():
      (norm.BatchNorm1d, nn.BatchNorm1d, (3,)),
      (norm.BatchNorm2d, nn.BatchNorm2d, (2, 3, 4)),
      (norm.InstanceNorm1d, nn.InstanceNorm1d, (2, 3, 4, 4)),
-     (norm.InstanceNorm2d, nn.InstanceNorm2d, (3, 4))], ids=str,
+     (norm.InstanceNorm2d, nn.InstanceNorm2d, (3, 4))], ids=name,
 )  # fmt: skip
 def test_wrong_input_dimension_raises_torchs_error(ours_cls, torch_cls, shape):
     x = torch.randn(shape, dtype=D)
@@ -252,7 +265,7 @@ def test_functional_batch_norm_matches_torch(training, buffers):
 
 
 @pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (3, 2, 2, 3)], ids=str)
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 5), (3, 2, 2, 3)], ids=name)
 def test_batch_norm_function_gradcheck_and_torch(shape, affine):
     generator = torch.Generator().manual_seed(4)
     x = torch.randn(shape, generator=generator, dtype=D).requires_grad_()
@@ -285,11 +298,11 @@ def test_batch_norm_function_only_input_gradient():
 @pytest.mark.parametrize(
     "normalized_shape, shape",
     [(4, (6, 4)), ((4,), (2, 3, 4)), ((3, 4), (2, 5, 3, 4)), ((2, 3, 4), (2, 3, 4))],
-    ids=str,
+    ids=name,
 )  # fmt: skip
 @pytest.mark.parametrize(
     "options", [{}, {"eps": 1e-2}, {"elementwise_affine": False}, {"bias": False}],
-    ids=str,
+    ids=name,
 )  # fmt: skip
 def test_layer_norm_matches_torch(normalized_shape, shape, options):
     ours, ref = make_pair(norm.LayerNorm, nn.LayerNorm, normalized_shape, **options)
@@ -304,8 +317,8 @@ def test_layer_norm_does_not_depend_on_the_batch():
 
 
 @pytest.mark.parametrize("num_groups", [1, 2, 4])
-@pytest.mark.parametrize("shape", [(5, 4), (3, 4, 5), (2, 4, 3, 3)], ids=str)
-@pytest.mark.parametrize("options", [{}, {"affine": False}, {"eps": 0.1}], ids=str)
+@pytest.mark.parametrize("shape", [(5, 4), (3, 4, 5), (2, 4, 3, 3)], ids=name)
+@pytest.mark.parametrize("options", [{}, {"affine": False}, {"eps": 0.1}], ids=name)
 def test_group_norm_matches_torch(num_groups, shape, options):
     ours, ref = make_pair(norm.GroupNorm, nn.GroupNorm, num_groups, 4, **options)
     run(ours, ref, shape, modes="TTE")
@@ -340,9 +353,9 @@ IN_SHAPES = [
 @pytest.mark.parametrize(
     "options",
     [{}, {"affine": True}, {"track_running_stats": True},
-     {"affine": True, "track_running_stats": True, "eps": 1e-2}], ids=str,
+     {"affine": True, "track_running_stats": True, "eps": 1e-2}], ids=name,
 )  # fmt: skip
-@pytest.mark.parametrize("ours_cls, torch_cls, shape", IN_SHAPES, ids=str)
+@pytest.mark.parametrize("ours_cls, torch_cls, shape", IN_SHAPES, ids=name)
 def test_instance_norm_matches_torch(ours_cls, torch_cls, shape, options, momentum):
     ours, ref = make_pair(ours_cls, torch_cls, 3, momentum=momentum, **options)
     run(ours, ref, shape)
@@ -394,7 +407,7 @@ ROUND_TRIP = [
 
 @pytest.mark.parametrize("direction", ["ours to torch", "torch to ours"])
 @pytest.mark.parametrize("ours_cls, torch_cls, args, kwargs, shape", ROUND_TRIP,
-                         ids=lambda v: getattr(v, "__name__", str(v)))  # fmt: skip
+                         ids=name)  # fmt: skip
 def test_state_dict_round_trip(ours_cls, torch_cls, args, kwargs, shape, direction):
     source_cls, target_cls = (ours_cls, torch_cls)[:: 1 if direction[0] == "o" else -1]
     source = _trained(source_cls(*args, **kwargs).double(), shape)
@@ -480,7 +493,7 @@ def _arguments(obj):
      (norm.batch_norm, F.batch_norm), (norm.layer_norm, F.layer_norm),
      (norm.group_norm, F.group_norm), (norm.instance_norm, F.instance_norm),
      (norm.weight_norm, nn.utils.parametrizations.weight_norm)],
-    ids=lambda v: v.__name__,
+    ids=name,
 )  # fmt: skip
 def test_signatures_and_repr_match_torch(ours, theirs):
     assert _arguments(ours) == _arguments(theirs)
