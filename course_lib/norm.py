@@ -143,7 +143,8 @@ class BatchNormFunction(torch.autograd.Function):
         - \textstyle\sum_j d\hat x_j - \hat x_i \sum_j d\hat x_j\, \hat x_j\Big):
 
     the gradient with its mean and its component along :math:`\hat x` removed,
-    the two directions in which moving :math:`x` does not change :math:`\hat x`.
+    the two directions in which moving :math:`x` leaves :math:`\hat x` as it is
+    (a shift exactly; a scaling about the mean, up to :math:`\epsilon`).
     """
 
     @staticmethod
@@ -602,6 +603,7 @@ def weight_norm(module: nn.Module, name: str = "weight", dim: int | None = 0):
     norm over the whole tensor (a scalar ``g``); other negative dims count
     from the end. Returns ``module``.
     """
+    require(isinstance(module, nn.Module), "module", "a torch.nn.Module", module)
     require(isinstance(name, str), "name", "a string", name)
     weight = getattr(module, name, None)
     ok = isinstance(weight, torch.Tensor)

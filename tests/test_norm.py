@@ -527,7 +527,8 @@ def test_signatures_and_repr_match_torch(ours, theirs):
       "eps"),
      (lambda: norm.batch_norm(torch.randn(2, 3), None, None, training=1), "training"),
      (lambda: norm.weight_norm(nn.Linear(2, 3), name="wieght"), "name"),
-     (lambda: norm.weight_norm(nn.Linear(2, 3), dim=2), "dim")],
+     (lambda: norm.weight_norm(nn.Linear(2, 3), dim=2), "dim"),
+     (lambda: norm.weight_norm(torch.randn(2, 3)), "module")],
 )  # fmt: skip
 def test_bad_arguments_raise_value_error_naming_them(build, name):
     with pytest.raises(ValueError, match=f"^{name} must be"):
