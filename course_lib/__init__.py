@@ -9,6 +9,9 @@ One module per topic (see the book's appendix or ``shared/DESIGN.md``):
 - :mod:`course_lib.schedules` learning-rate schedules as functions of the step
 - :mod:`course_lib.diagnose`  naming what is wrong with a learning curve
 - :mod:`course_lib.optim`     SGD, Adagrad, RMSprop, Adam(W), NAdam, RAdam, Lookahead
+- :mod:`course_lib.init`      Xavier and Kaiming init, activation/gradient statistics
+- :mod:`course_lib.norm`      batch, layer, group, instance and weight normalisation
+- :mod:`course_lib.regularize` dropout, label smoothing, penalties, stochastic depth
 - :mod:`course_lib.landscapes` 2-D loss surfaces, optimizer paths, Newton's step
 - :mod:`course_lib.parallel`  DDP launcher and torchrun entry, gradient averaging
 - :mod:`course_lib.plots`     learning curves, schedules, landscapes
