@@ -19,6 +19,7 @@ from course_lib.data import (
     DatasetUnavailableError,
     Splits,
     Standardizer,
+    Whitener,
     cache_dir,
     load_dataset,
     load_torchvision,
@@ -27,6 +28,7 @@ from course_lib.data import (
     make_loaders,
     sort_by_label,
     standardize,
+    whiten,
 )
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -644,3 +646,176 @@ def test_numpy_scalars_pass_bools_and_strings_do_not(name, call, value):
     for bad in (1, "yes") if isinstance(value, np.bool_) else (True, "3"):
         with pytest.raises(ValueError, match=rf"^{name} must be "):
             call(bad)
+
+
+# ---------------------------------------------------------------- whitening
+
+
+def _correlated(n=400, d=6, seed=0, dtype=torch.float64):
+    """Gaussian samples with a random full-rank covariance and a non-zero mean."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g, dtype=dtype)
+    return torch.randn(n, d, generator=g, dtype=dtype) @ mix + 3.0
+
+
+def _align_signs(ours, theirs):
+    """``ours`` with each column's sign flipped to agree with ``theirs``."""
+    return ours * torch.sign((ours * theirs).sum(0))
+
+
+def _varying_pixels(digits):
+    """Digits restricted to the pixels that vary on the training split, float64."""
+    varying = digits.X_train.std(0) > 0
+    return digits.X_train[:, varying].double(), digits.X_test[:, varying].double()
+
+
+@pytest.mark.parametrize("num_components", [None, 3])
+@pytest.mark.parametrize("data", ["gaussian", "digits"])
+def test_pca_whitening_matches_sklearn_up_to_sign(data, num_components, digits):
+    from sklearn.decomposition import PCA
+
+    if data == "gaussian":
+        X_train, X_test = _correlated(seed=1), _correlated(n=50, seed=2)
+    else:
+        X_train, X_test = _varying_pixels(digits)
+    ours = Whitener.fit(X_train, method="pca", eps=0, num_components=num_components)
+    pca = PCA(n_components=num_components, whiten=True).fit(X_train.numpy())
+    expected = torch.from_numpy(pca.transform(X_test.numpy()))
+    got = ours(X_test)
+    assert got.shape == expected.shape and got.dtype == torch.float64
+    torch.testing.assert_close(_align_signs(got, expected), expected)
+    torch.testing.assert_close(
+        ours.eigenvalues, torch.from_numpy(pca.explained_variance_)
+    )
+    U = ours.eigenvectors  # the documented sign rule: largest |entry| positive
+    assert (U.gather(0, U.abs().argmax(0, keepdim=True)) > 0).all()
+
+
+@pytest.mark.parametrize("method", ["pca", "zca"])
+def test_whitened_training_data_has_identity_covariance(method):
+    X = _correlated(seed=3)
+    assert (torch.cov(X.T) - torch.eye(6)).abs().max() > 1  # far from white before
+    Z = Whitener.fit(X, method=method, eps=0)(X)
+    torch.testing.assert_close(torch.cov(Z.T), torch.eye(6, dtype=torch.float64))
+    torch.testing.assert_close(Z.mean(0), torch.zeros(6, dtype=torch.float64))
+
+
+def test_eps_shrinks_each_variance_to_lambda_over_lambda_plus_eps():
+    X, eps = _correlated(seed=4), 0.5
+    white = Whitener.fit(X, method="pca", eps=eps)
+    lam = torch.linalg.eigvalsh(torch.cov(X.T)).flip(0)
+    torch.testing.assert_close(white.eigenvalues, lam)
+    torch.testing.assert_close(torch.cov(white(X).T), torch.diag(lam / (lam + eps)))
+    # a constant feature: finite output, 0 in the whitened data along it
+    X = torch.cat([X, torch.full((len(X), 1), 7.0, dtype=X.dtype)], dim=1)
+    Z = Whitener.fit(X, method="pca", eps=1e-3)(X)
+    assert torch.isfinite(Z).all() and Z[:, -1].abs().max() < 1e-10
+
+
+def test_zca_is_symmetric_and_the_whitening_closest_to_its_input():
+    X = _correlated(seed=5)
+    Xc, cov = X - X.mean(0), torch.cov(X.T)
+    zca = Whitener.fit(X, method="zca", eps=0)
+    W = zca.matrix
+    torch.testing.assert_close(W, W.T)
+    torch.testing.assert_close(W @ W, torch.linalg.inv(cov))  # W = cov^(-1/2)
+    torch.testing.assert_close(W @ cov @ W.T, torch.eye(6, dtype=torch.float64))
+
+    def distance(matrix):  # mean squared distance between z and x - mu
+        return ((Xc @ matrix.T - Xc) ** 2).sum(1).mean()
+
+    best = distance(W)
+    pca = Whitener.fit(X, method="pca", eps=0).matrix
+    assert distance(pca) > best + 1e-6
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):  # every other whitening matrix is Q W for an orthogonal Q
+        Q = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))[0]
+        torch.testing.assert_close(
+            (Q @ W) @ cov @ (Q @ W).T, torch.eye(6, dtype=torch.float64)
+        )
+        assert distance(Q @ W) > best + 1e-6
+
+
+@pytest.mark.parametrize("method", ["pca", "zca"])
+def test_inverse_transform_round_trip(method, digits):
+    X = _correlated(seed=6)
+    white = Whitener.fit(X, method=method, eps=1e-3)
+    torch.testing.assert_close(white.inverse_transform(white(X)), X)
+    # float32 digits with their constant pixels: back within float32 rounding
+    white = Whitener.fit(digits.X_train, method=method)
+    back = white.inverse_transform(white(digits.X_test))
+    assert back.dtype == torch.float32
+    torch.testing.assert_close(back, digits.X_test, atol=1e-4, rtol=0)
+
+
+def test_inverse_with_fewer_components_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    X = _correlated(seed=7)
+    ours = Whitener.fit(X, method="pca", eps=0, num_components=2)
+    pca = PCA(n_components=2, whiten=True).fit(X.numpy())
+    Z = ours(X)
+    expected = pca.inverse_transform(pca.transform(X.numpy()))
+    torch.testing.assert_close(ours.inverse_transform(Z), torch.from_numpy(expected))
+    zca = Whitener.fit(X, method="zca", eps=0, num_components=2)
+    assert zca.matrix.shape == (6, 6)
+    assert torch.linalg.matrix_rank(zca.matrix) == 2
+
+
+def test_whiten_fits_on_the_training_split_only(digits):
+    z = whiten(digits, method="zca", eps=0.1)
+    white = Whitener.fit(digits.X_train, method="zca", eps=0.1)
+    for part in SPLIT_NAMES:
+        X = getattr(digits, f"X_{part}")
+        torch.testing.assert_close(getattr(z, f"X_{part}"), white(X))
+    everything = torch.cat([digits.X_train, digits.X_val, digits.X_test])
+    leaky = Whitener.fit(everything, method="zca", eps=0.1)
+    assert (leaky(digits.X_test) - z.X_test).abs().max() > 0.05
+    pca = whiten(digits, method="pca", num_components=10)
+    assert pca.num_features == 10 and pca.X_val.shape == (len(digits.y_val), 10)
+
+
+def test_whitener_refuses_data_of_another_width():
+    white = Whitener.fit(_correlated(seed=8), method="pca", num_components=4)
+    with pytest.raises(
+        ValueError, match=r"^X must be .*shape \(N, 6\).*got .*\(5, 5\)"
+    ):
+        white(torch.zeros(5, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^X must be .*shape \(N, 6\)"):
+        white.transform(torch.zeros(6, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^Z must be .*shape \(N, 4\)"):
+        white.inverse_transform(torch.zeros(3, 6, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^X must be a float tensor"):
+        white(torch.zeros(3, 6, dtype=torch.int64))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "pcaa"}, r"^method must be one of \('pca', 'zca'\), got 'pcaa'"),
+        ({"method": None}, r"^method must be one of"),
+        ({"eps": -1e-3}, r"^eps must be a real number >= 0, got -0.001"),
+        ({"eps": float("nan")}, r"^eps must be a real number >= 0"),
+        ({"eps": True}, r"^eps must be a real number >= 0"),
+        ({"num_components": 0}, r"^num_components must be an integer in \[1, 6\]"),
+        ({"num_components": 7}, r"^num_components must be an integer in \[1, 6\]"),
+        ({"num_components": 2.0}, r"^num_components must be an integer"),
+    ],
+)
+def test_whitener_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Whitener.fit(_correlated(seed=9), **kwargs)
+
+
+def test_whitener_refuses_singular_covariance_without_eps_and_bad_x():
+    X = _correlated(n=4, seed=10)  # 4 samples in 6-D: rank 3
+    with pytest.raises(ValueError, match=r"^eps must be > 0 when the covariance"):
+        Whitener.fit(X, eps=0)
+    assert torch.isfinite(Whitener.fit(X, eps=1e-6)(X)).all()
+    for bad in (
+        torch.zeros(1, 3),
+        torch.zeros(5),
+        torch.zeros(5, 3, dtype=torch.int64),
+    ):
+        with pytest.raises(ValueError, match=r"^X must be a float tensor of shape"):
+            Whitener.fit(bad)
