@@ -126,8 +126,9 @@ def erasing_box(
     generator = _check_generator(generator)
     log_ratio = torch.log(torch.tensor(ratio))  # float32, as torchvision
     for _ in range(10):
-        area = height * width * torch.empty(1).uniform_(low, high, generator=generator).item()
-        aspect = torch.exp(torch.empty(1).uniform_(*log_ratio, generator=generator)).item()
+        u = torch.empty(1).uniform_(low, high, generator=generator)
+        v = torch.empty(1).uniform_(*log_ratio, generator=generator)
+        area, aspect = height * width * u.item(), torch.exp(v).item()
         h, w = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
         if h < height and w < width:
             top = torch.randint(0, height - h + 1, (1,), generator=generator).item()
