@@ -452,3 +452,24 @@ def test_a_custom_autograd_function_stays_allowed(capsys):
             return MyBatchNorm.apply(x, self.weight, self.eps) + self.bias
 
     assert lab4.check_q2(BatchNorm1d) is True, capsys.readouterr().out
+
+
+def test_q2_a_detached_output_is_named_by_its_missing_gradient(capsys):
+    class Detached(make_batch_norm()):
+        def forward(self, x):
+            return super().forward(x).detach()
+
+    out = printed_by(capsys, lab4.check_q2, Detached)
+    assert "expected a tensor at train step 1 / grad of input, got NoneType" in out
+    assert "detached" in out
+
+
+def test_q2_affine_false_has_no_parameters(capsys):
+    class AlwaysAffine(make_batch_norm()):
+        def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
+            super().__init__(num_features, eps, momentum, True)
+            self.affine = affine
+
+    out = printed_by(capsys, lab4.check_q2, AlwaysAffine)
+    assert "1 of 3 cases failed" in out and "affine=False" in out
+    assert "the module's parameters are ['bias', 'weight'], torch's are []" in out

@@ -17,6 +17,7 @@ watch.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -62,13 +63,6 @@ def _channel_data(seed: int, shape: tuple, offset: int = 0) -> torch.Tensor:
     return x * scale.reshape(view) + shift.reshape(view)
 
 
-def _fans(shape: tuple) -> tuple[int, int]:
-    """(fan_in, fan_out) of a Linear ``(out, in)`` or ConvNd ``(out, in, *k)``
-    weight."""
-    receptive = math.prod(shape[2:])
-    return shape[1] * receptive, shape[0] * receptive
-
-
 # --- q1: Kaiming normal initialisation -------------------------------------------
 
 
@@ -90,8 +84,10 @@ def _init_case(shape, seed=0, parameter=False, **kwargs):
 
 
 def _std_ratio_names(shape: tuple, ratio: float) -> list[str]:
-    """The usual mistakes whose std is ``ratio`` times the right one."""
-    fan_in, fan_out = _fans(shape)
+    """The usual mistakes whose std is ``ratio`` times the right one, for a
+    Linear ``(out, in)`` or ConvNd ``(out, in, *kernel)`` weight."""
+    receptive = math.prod(shape[2:])
+    fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
     suspects = [
         (math.sqrt(fan_in / fan_out), "fan_out used where fan_in was asked"),
         (math.sqrt(fan_out / fan_in), "fan_in used where fan_out was asked"),
@@ -123,7 +119,8 @@ def explain_init(expected, actual, *, rtol: float, atol: float) -> str | None:
     residual = float((a - ratio * e).norm() / e.norm())
     if residual > 1e-9:
         return (f"{problem}; these are not torch's draws: fill the whole tensor "
-                "with one tensor.normal_(0, std, generator=generator)")  # fmt: skip
+                "with one tensor.normal_(0, std, generator=generator), with no "
+                "other draw from the generator")  # fmt: skip
     if abs(ratio - 1) < 1e-12:
         return (f"{problem}; the same draws with a std off by round-off: "
                 "compute std = gain / math.sqrt(fan) in Python floats, as torch "
@@ -150,6 +147,19 @@ _GRAD_TIP = (
 )
 
 
+def _first_difference(expected: dict, actual, tip, *, rtol, atol, step="") -> str:
+    """The first quantity of ``expected`` that ``actual`` gets wrong, named as in
+    ``"values differ at train step 2 / running_var: ..."``, with ``tip(name)``;
+    an empty string if none."""
+    actual = actual if isinstance(actual, dict) else {}
+    for name, value in expected.items():
+        where = f"{step} / {name}" if step else name
+        problem = compare(value, actual.get(name), rtol=rtol, atol=atol, path=where)
+        if problem:
+            return f"{problem} ({tip(name)})"
+    return ""
+
+
 def _module_names(module) -> dict:
     return {
         "parameters": sorted(n for n, _ in module.named_parameters()),
@@ -165,7 +175,8 @@ def _bn_step(module, x, upstream, lr: float) -> dict:
     """One forward and backward pass; the quantities judged; an SGD step on γ, β."""
     x = x.clone().requires_grad_(True)
     y = module(x)
-    (y * upstream).sum().backward()
+    if isinstance(y, torch.Tensor) and y.shape == x.shape and y.requires_grad:
+        (y * upstream).sum().backward()  # else no gradient: the output is off
     record = {"output": _read(y), "grad of input": _read(x.grad)}
     params = [(n, getattr(module, n, None)) for n in ("weight", "bias")]
     params = [(n, p) for n, p in params if isinstance(p, nn.Parameter)]
@@ -231,13 +242,11 @@ def explain_batch_norm(expected, actual, *, rtol: float, atol: float) -> str | N
     for step, record in expected.items():
         if step == "module":
             continue
-        theirs = actual.get(step, {})
-        for quantity, value in record.items():
-            where = f"{step} / {quantity}"
-            problem = compare(value, theirs.get(quantity), rtol=rtol, atol=atol,
-                              path=where)  # fmt: skip
-            if problem:
-                return f"{problem} ({_tip(step, quantity)})"
+        tip = functools.partial(_tip, step)
+        problem = _first_difference(record, actual.get(step), tip, rtol=rtol,
+                                    atol=atol, step=step)  # fmt: skip
+        if problem:
+            return problem
     return None
 
 
@@ -285,11 +294,8 @@ def explain_backward(expected, actual, *, rtol: float, atol: float) -> str | Non
     if not isinstance(actual, dict) or set(actual) != set(_GRADS):
         got = actual.get("your answer") if isinstance(actual, dict) else actual
         return f"expected (grad_input, grad_weight, grad_bias), got {got}"
-    for name in _GRADS:
-        problem = compare(expected[name], actual[name], rtol=rtol, atol=atol, path=name)
-        if problem:
-            return f"{problem} ({_BACKWARD_TIPS[name]})"
-    return None
+    tips = _BACKWARD_TIPS.get
+    return _first_difference(expected, actual, tips, rtol=rtol, atol=atol) or None
 
 
 # --- q4: layer norm ----------------------------------------------------------------
@@ -328,6 +334,10 @@ def _ln_case(shape, normalized_shape, affine=True, eps=None, seed=0):
                        affine=affine, eps=eps, seed=seed)  # fmt: skip
 
 
+_LN_TIP = ("each sample is normalised over its last len(normalized_shape) "
+           "dimensions, with the biased variance")  # fmt: skip
+
+
 def _ln_reference(x, normalized_shape, weight=None, bias=None, eps=1e-5):
     if isinstance(normalized_shape, int):
         normalized_shape = (normalized_shape,)
@@ -336,14 +346,10 @@ def _ln_reference(x, normalized_shape, weight=None, bias=None, eps=1e-5):
 
 def explain_layer_norm(expected, actual, *, rtol: float, atol: float) -> str | None:
     """Names the quantity that is off: the output or the gradient of x, weight, bias."""
-    for name, value in expected.items():
-        problem = compare(value, actual.get(name), rtol=rtol, atol=atol, path=name)
-        if problem:
-            tip = ("each sample is normalised over its last len(normalized_shape) "
-                   "dimensions, with the biased variance" if name == "output"
-                   else _GRAD_TIP)  # fmt: skip
-            return f"{problem} ({tip})"
-    return None
+    def tip(name):
+        return _LN_TIP if name == "output" else _GRAD_TIP
+
+    return _first_difference(expected, actual, tip, rtol=rtol, atol=atol) or None
 
 
 # --- the questions -------------------------------------------------------------------
