@@ -155,33 +155,47 @@ def _scale_problem(x, y, kept, p) -> str | None:
 
 
 def _train_problem(expected, k, y) -> str | None:
+    """What is wrong with training pass ``k``'s output ``y``, or None."""
     x, p = expected["x"], expected["p"]
     want = expected["right"]["train"][k]
     if _close(y, want):
         return None
-    call = f"forward pass {k + 1} in training"
     if not bool(torch.isfinite(y).all()):
         why = " (dividing by 1 - p = 0?); with p = 1 return zeros" if p == 1 else ""
-        return f"{call} gives NaN or inf{why}"
+        return f"the output has NaN or inf{why}"
     kept = (y != 0).to(_DOUBLE)
     if torch.equal(kept, (want != 0).to(_DOUBLE)):
-        return _scale_problem(x, y, kept, p) or f"{call}: {compare(want, y, **_TIGHT)}"
+        return _scale_problem(x, y, kept, p) or compare(want, y, **_TIGHT)
     if torch.equal(kept, expected["keep_p_masks"][k]):
         return (
-            f"{call}: you keep each unit with probability p = {p:g}, but p is the "
+            f"you keep each unit with probability p = {p:g}, but p is the "
             "probability of dropping it (as in nn.Dropout): keep it with 1 - p"
         )
     if torch.equal(kept, expected["global_masks"][k]):
         return (
-            f"{call}: your mask comes from the global random state, not from the "
-            "generator the layer was given: pass generator=self.generator"
+            "your mask comes from the global random state, not from the generator "
+            "the layer was given: pass generator=self.generator"
         )
     return (
-        f"{call}: the units you drop are not those F.dropout drops from the same "
-        f"random state (you keep {kept.mean().item():.1%}, 1 - p = {1 - p:.1%}): draw "
-        "the mask with one call per pass, torch.empty_like(x).bernoulli_(1 - p, "
-        "generator=self.generator)"
+        "the units you drop are not those F.dropout drops from the same random state:"
+        " draw the mask with one call per pass, torch.empty_like(x).bernoulli_(1 - p,"
+        " generator=self.generator)"
     )
+
+
+def _train_problems(expected, outputs) -> list[str]:
+    """One message if every training pass is wrong the same way, else one per
+    wrong pass, saying which."""
+    found = [_train_problem(expected, k, y) for k, y in enumerate(outputs)]
+    wrong = [(k, m) for k, m in enumerate(found) if m]
+    if not wrong:
+        return []
+    kept = sum(float((y != 0).double().mean()) for y in outputs) / len(outputs)
+    share = f" (you keep {kept:.1%} of the units, 1 - p = {1 - expected['p']:.1%})"
+    share = share if "not those F.dropout" in str(found) else ""
+    if len(wrong) == len(found) and len(set(found)) == 1:
+        return [f"in training, {found[0]}{share}"]
+    return [f"in training pass {k + 1}, {m}{share}" for k, m in wrong]
 
 
 def _explain_dropout(expected, actual, *, rtol, atol) -> str | None:
@@ -192,10 +206,10 @@ def _explain_dropout(expected, actual, *, rtol, atol) -> str | None:
         return None
     x, p = expected["x"], expected["p"]
     problems = [_eval_problem(x, actual["eval"], p)]
-    train = [_train_problem(expected, k, y) for k, y in enumerate(actual["train"])]
+    train = _train_problems(expected, actual["train"])
     problems += train
     for k, (want, got) in enumerate(zip(right["grad"], actual["grad"], strict=True)):
-        if not train[k] and not _close(got, want):
+        if not train and not _close(got, want):
             problems.append(
                 f"the gradient with respect to x (pass {k + 1}) is not mask / (1 - p): "
                 f"{compare(want, got, rtol=rtol, atol=atol)}; keep y = x * mask / "
@@ -308,8 +322,9 @@ def _explain_soft_loss(mistakes: dict) -> Callable:
 
 
 def _smoothing_case(n, c, eps, seed=0, scale=1.0):
-    label = f"{n} examples, {c} classes, eps={eps}, logits of scale {scale}," \
-        f"seed {seed}"
+    label = (
+        f"{n} examples, {c} classes, eps={eps}, logits of scale {scale}, seed {seed}"
+    )
     return label, dict(n=n, c=c, eps=eps, seed=seed, scale=scale)
 
 
@@ -596,7 +611,8 @@ _DROPOUT_FORBIDDEN = (
     *(f"torch.nn.functional.{name}" for name in ("dropout", "dropout1d", "dropout2d",
                                                   "dropout3d", "alpha_dropout",
                                                   "feature_alpha_dropout")),
-    "torchvision.ops.stochastic_depth", "torchvision.ops.StochasticDepth",
+    "torchvision.ops.stochastic_depth.stochastic_depth",
+    "torchvision.ops.stochastic_depth.StochasticDepth",
     *(f"course_lib.regularize.{name}" for name in ("dropout", "vanilla_dropout",
                                                     "Dropout", "VanillaDropout",
                                                     "stochastic_depth",
@@ -674,7 +690,7 @@ QUESTIONS = declare(__name__, [
     Question(
         "q6", "l1_penalty", "an L1 penalty", run=_run_penalty,
         reference=_l1_reference, expected=_expected_l1,
-        explain=_explain_penalty("SGD on loss + lam · Σ |θ|", "Σ |θ|"),
+        explain=_explain_penalty("the reference L1 run", "Σ |θ|"),
         public_cases=lambda: [_penalty_case(0.01), _penalty_case(0.05, 0.2, seed=1)],
         hidden_cases=_penalty_hidden, points=1, **_TIGHT,
         forbidden=_PENALTY_FORBIDDEN,
