@@ -122,7 +122,9 @@ def erasing_box(
     """
     height, width = check_int("height", height, low=1), check_int("width", width, low=1)
     low, high = check_real_sequence("scale", scale, "[0, 1]", length=2)
+    require(low <= high, "scale", "a pair (low, high) with low <= high", scale)
     ratio = check_real_sequence("ratio", ratio, "(0, inf)", length=2)
+    require(ratio[0] <= ratio[1], "ratio", "a pair (low, high) with low <= high", ratio)
     generator = _check_generator(generator)
     log_ratio = torch.log(torch.tensor(ratio))  # float32, as torchvision
     for _ in range(10):

@@ -404,10 +404,15 @@ def _check_width(name: str, X: Tensor, width: int) -> None:
         )
 
 
-def whiten(splits: Splits, method: str = "zca", eps: float = 1e-5, **kwargs) -> Splits:
+def whiten(
+    splits: Splits,
+    method: str = "zca",
+    eps: float = 1e-5,
+    num_components: int | None = None,
+) -> Splits:
     """Whiten all three splits with a :class:`Whitener` fitted on ``X_train``
-    only (see :func:`standardize` for why); ``kwargs`` go to ``Whitener.fit``."""
-    white = Whitener.fit(splits.X_train, method=method, eps=eps, **kwargs)
+    only (see :func:`standardize` for why)."""
+    white = Whitener.fit(splits.X_train, method, eps, num_components)
     return replace(
         splits,
         X_train=white(splits.X_train),

@@ -126,6 +126,8 @@ def test_random_erasing_applies_with_probability_p():
         ({"scale": (0.1, 2.0)}, r"^scale must be a pair of real numbers in \[0, 1\]"),
         ({"ratio": (0.0, 1.0)}, r"^ratio must be a pair of real numbers > 0"),
         ({"ratio": 1.0}, r"^ratio must be a pair"),
+        ({"scale": (0.5, 0.1)}, r"^scale must be a pair \(low, high\) with low <="),
+        ({"ratio": (2.0, 0.5)}, r"^ratio must be a pair \(low, high\) with low <="),
         ({"value": "random"}, r"^value must be a finite real number"),
     ],
 )
