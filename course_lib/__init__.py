@@ -4,6 +4,7 @@ One module per topic (see the book's appendix or ``shared/DESIGN.md``):
 
 - :mod:`course_lib.device`    device choice, seeding, determinism
 - :mod:`course_lib.data`      datasets, fixed splits, normalisation, loaders
+- :mod:`course_lib.augment`   cutout, mixup, 1-D signal augmentations, v2 pipelines
 - :mod:`course_lib.models`    MLP and small CNNs
 - :mod:`course_lib.train`     the training loop, evaluation, callbacks
 - :mod:`course_lib.schedules` learning-rate schedules as functions of the step
