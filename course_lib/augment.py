@@ -143,9 +143,10 @@ def random_erasing(
     x: Tensor, p=0.5, *, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0,
     generator=None,
 ) -> Tensor:  # fmt: skip
-    """With probability ``p`` (one ``torch.rand(1) < p``), ``x`` (``(..., H, W)``)
-    with one :func:`erasing_box` set to ``value``; the same box for every
-    leading index, as ``v2.RandomErasing`` (call it per image for a box each)."""
+    """With probability ``p`` (when one ``torch.rand(1)`` draw is below it),
+    ``x`` (``(..., H, W)``) with one :func:`erasing_box` set to ``value``; the
+    same box for every leading index, as ``v2.RandomErasing`` does (call it
+    per image for a box each)."""
     p, value = check_real("p", p, "[0, 1]"), check_real("value", value)
     generator = _check_generator(generator)
     require(x.ndim >= 2, "x", "a tensor of shape (..., H, W)", tuple(x.shape))
@@ -168,7 +169,8 @@ def cutout(x: Tensor, size, *, value=0.0, generator=None) -> Tensor:
     (the ``N`` rows are drawn first, then the ``N`` columns), its rows are
     :math:`[c_y - \lfloor h/2 \rfloor, c_y - \lfloor h/2 \rfloor + h)`, and
     the part outside the image is cut off, so near a border less is erased.
-    The paper found letting the box leave the image important. This is why no
+    On standardised inputs ``value=0`` is the mean pixel, as in the paper,
+    which reports that letting the box leave the image mattered. This is why no
     seed makes ``v2.RandomErasing``, whose boxes stay inside, give the same
     output; given the same box the two erase the same pixels.
     """
