@@ -3,25 +3,25 @@ teaches: random erasing, cutout, mixup, and augmentations of 1-D signals.
 
 For images use ``torchvision.transforms.v2`` (flips, random resized crops,
 rotations, affine maps, colour jitter, noise, RandAugment, MixUp, CutMix):
-:func:`augmentation_gallery` names one pipeline of each, to be shown on
-scikit-image's bundled photos from :func:`sample_images`. They draw from the
-global RNG: seed it with ``torch.manual_seed``.
+:func:`augmentation_gallery` names a pipeline for each one that acts on a
+single image, to be shown on scikit-image's bundled photos from
+:func:`sample_images` (MixUp and CutMix act on a batch: call them directly).
+They draw from the global RNG: seed it with ``torch.manual_seed``.
 
 Written here, each with an explicit ``generator=`` (``None``: the global RNG):
 
-======================================  ======================================
-here                                    torchvision
-======================================  ======================================
-:func:`random_erasing`                  ``v2.RandomErasing``, bit-equal after
-                                        the same seed
-:func:`cutout`                          none (DeVries & Taylor 2017)
-:func:`mixup` with ``pairing="roll"``   ``v2.MixUp``, bit-equal after the
-                                        same seed
-:func:`random_shift`, :func:`add_noise`  none: 1-D signals such as MNIST-1D
-:func:`random_scale`,
-:func:`time_stretch`,
-:class:`SignalAugment`
-======================================  ======================================
+=====================================  =================================
+here                                   torchvision
+=====================================  =================================
+:func:`random_erasing`                 ``v2.RandomErasing`` (bit-equal, same seed)
+:func:`cutout`                         none (DeVries & Taylor 2017)
+:func:`mixup`, ``pairing="roll"``      ``v2.MixUp`` (bit-equal, same seed)
+:class:`SignalAugment` and its steps   none: 1-D signals such as MNIST-1D
+=====================================  =================================
+
+"Bit-equal, same seed": ``torch.manual_seed(s)`` then torchvision's transform
+gives exactly the output of ours with ``generator=torch.Generator().manual_seed(s)``
+(or with ``generator=None`` after the same ``torch.manual_seed``).
 """
 
 from __future__ import annotations
