@@ -2,7 +2,8 @@
 
 ``COLAB_SETUP`` is the first code cell of every chapter and lab: on Colab it
 installs ``course_lib`` from the repository (Colab already has torch, and
-``course_lib`` asks only for ``torch>=2.1``, so pip keeps Colab's own);
+``course_lib`` asks only for ``torch>=2.6.0``, the oldest release CI tests, so
+pip keeps Colab's own);
 anywhere else it does nothing. The notebook tests
 check that each notebook starts with exactly this text.
 """
