@@ -473,3 +473,25 @@ def test_q2_affine_false_has_no_parameters(capsys):
     out = printed_by(capsys, lab4.check_q2, AlwaysAffine)
     assert "1 of 3 cases failed" in out and "affine=False" in out
     assert "the module's parameters are ['bias', 'weight'], torch's are []" in out
+
+
+def layer_norm_by_the_builtin(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    return torch.layer_norm(x, as_shape(normalized_shape), weight, bias, eps)
+
+
+def backward_by_native_batch_norm(grad_output, x, weight, eps):
+    x = x.clone().requires_grad_(True)
+    w = weight.clone().requires_grad_(True)
+    b = torch.zeros_like(w)
+    y = torch.native_batch_norm(x, w, b, None, None, True, 0.1, eps)[0]
+    return torch.autograd.grad(y, (x, w), grad_output) + (grad_output.sum(0),)
+
+
+@pytest.mark.parametrize("check, answer, used", [
+    (lab4.check_q4, layer_norm_by_the_builtin, "torch.layer_norm"),
+    (lab4.check_q4, torch.layer_norm, "torch.layer_norm"),
+    (lab4.check_q3, backward_by_native_batch_norm, "torch.native_batch_norm"),
+])  # fmt: skip
+def test_a_forbidden_builtin_is_named(capsys, check, answer, used):
+    out = printed_by(capsys, check, answer)
+    assert f"not allowed: it uses {used}," in out, out

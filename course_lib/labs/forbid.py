@@ -134,16 +134,21 @@ class Rules:
     def __init__(self, names):
         self.names = tuple(names) + ALWAYS
         code_names, folders = {}, {}  # code object / package folder -> its name
+        forbidden_builtins = []  # C functions (torch.layer_norm): no code object
         for name in self.names:
             obj = _resolve(name)
             if inspect.ismodule(obj):
                 folders[str(Path(obj.__file__).parent)] = name
+            elif inspect.isbuiltin(obj):
+                forbidden_builtins.append((obj, name))
             else:
                 for code in _codes(obj):
                     code_names.setdefault(code, name)
         self.codes = frozenset(code_names)
         self.code_names = tuple(code_names.items())
         self.folders = tuple(folders.items())
+        self.forbidden_builtins = tuple(forbidden_builtins)
+        self.forbidden_ids = frozenset(id(obj) for obj, _ in forbidden_builtins)
         builtins_, tamper_codes, tamper_folders = [], {}, []
         for name in TAMPERING:
             obj = _resolve(name)
@@ -183,15 +188,17 @@ class Rules:
         """The name of ``function`` (a builtin about to be called from the code
         ``caller``) if it is one of :data:`TAMPERING` and the caller is the
         student's."""
-        if id(function) not in self.tamper_ids or not is_student_code(
-            caller.co_filename
-        ):
+        known = self.tamper_ids | self.forbidden_ids
+        if id(function) not in known or not is_student_code(caller.co_filename):
             return None
-        return next(n for f, n in self.tamper_builtins if f is function)
+        pairs = self.tamper_builtins + self.forbidden_builtins
+        return next(n for f, n in pairs if f is function)
 
     def answer_is_forbidden(self, fn) -> str | None:
         """The forbidden name of ``fn`` itself, when the answer *is* a reference
         or one of the forbidden objects (``diagnose_curve = diagnose``)."""
+        if id(fn) in self.forbidden_ids:  # ``layer_norm = torch.layer_norm``
+            return next(n for f, n in self.forbidden_builtins if f is fn)
         for code in _codes(fn):
             if code in self.codes:
                 return self._name_of(code, self.code_names)

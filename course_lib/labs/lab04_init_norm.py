@@ -50,6 +50,12 @@ _TORCH_NORM_MODULES = tuple(
     for name in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm",
                  "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "RMSNorm")
 )  # fmt: skip
+_NORM_FUNCTIONS += tuple(
+    f"torch.{name}"
+    for name in ("batch_norm", "native_batch_norm", "_native_batch_norm_legit",
+                 "instance_norm", "group_norm", "native_group_norm", "layer_norm",
+                 "native_layer_norm", "rms_norm")
+)  # fmt: skip
 _AUTOGRAD = ("torch.autograd.grad", "torch.autograd.backward", "torch.Tensor.backward")
 
 
