@@ -407,6 +407,21 @@ def mixup_by_torchvision(X, y, lam, num_classes, generator):
     return v2.MixUp(alpha=1.0, num_classes=num_classes)(X, y)
 
 
+def mixup_by_the_course(X, y, lam, num_classes, generator):
+    from course_lib import augment
+
+    batch = augment.mixup(X, y, 1.0, generator=generator)
+    return batch.x, batch.targets(num_classes)
+
+
+def soft_targets_by_the_course(X, y, lam, num_classes, generator):
+    from course_lib.augment import MixedBatch
+
+    perm = torch.randperm(len(X), generator=generator)
+    batch = MixedBatch(lam * X + (1 - lam) * X[perm], y, y[perm], lam)
+    return batch.x, batch.targets(num_classes)
+
+
 def soft_loss_by_torch(logits, soft_targets):
     return F.cross_entropy(logits, soft_targets)
 
@@ -433,6 +448,9 @@ def l1_by_the_course(model):
         (lab5.check_q2, smoothing_by_the_course,
          "course_lib.regularize.label_smoothing_cross_entropy"),
         (lab5.check_q3, mixup_by_torchvision, "torchvision.transforms.v2.MixUp"),
+        (lab5.check_q3, mixup_by_the_course, "course_lib.augment.mixup"),
+        (lab5.check_q3, soft_targets_by_the_course,
+         "course_lib.augment.MixedBatch.targets"),
         (lab5.check_q4, soft_loss_by_torch, "torch.nn.functional.cross_entropy"),
         (lab5.check_q5, l2_by_the_course, "course_lib.regularize.l2_penalty"),
         (lab5.check_q6, l1_by_the_course, "course_lib.regularize.elastic_net_penalty"),

@@ -626,6 +626,7 @@ _CROSS_ENTROPY_FORBIDDEN = (
 )  # fmt: skip
 _MIXUP_FORBIDDEN = (
     "torchvision.transforms.v2.MixUp", "torchvision.transforms.v2.CutMix",
+    "course_lib.augment.mixup", "course_lib.augment.MixedBatch.targets",
 )  # fmt: skip
 _PENALTY_FORBIDDEN = tuple(
     f"course_lib.regularize.{name}"
@@ -677,7 +678,7 @@ QUESTIONS = declare(__name__, [
             _soft_loss_case(5, 4, "any", seed=2),
         ],
         hidden_cases=_soft_loss_hidden, points=1, **_TIGHT,
-        forbidden=_CROSS_ENTROPY_FORBIDDEN,
+        forbidden=(*_CROSS_ENTROPY_FORBIDDEN, "course_lib.augment.mixup_loss"),
     ),
     Question(
         "q5", "l2_penalty", "an L2 penalty equal to SGD's weight decay",
