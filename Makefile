@@ -65,12 +65,13 @@ test-gpu: export COURSE_LIB_REQUIRE_CUDA := 1
 test-gpu: test
 
 # The oldest PyTorch the course supports (requirements-compat.txt, the floor in
-# pyproject.toml), in a venv of its own: the unit tests of every course_lib
-# module (tests/test_<module>.py; a package such as labs counts as a module, and
-# _book's browser test is left out as it tests the book, not torch) and one
-# chapter under nbval, with the same workers and threads as `make test`. The venv
-# lies inside .venv so that everything that leaves .venv out (git, the book's
-# exclude_patterns, the tests that walk or copy the checkout) leaves it out too.
+# pyproject.toml), in a venv of its own with requirements.txt's other pins: the
+# unit tests of every course_lib module (tests/test_<module>.py; a package such
+# as labs counts as a module, and _book's browser test is left out as it tests
+# the book, not torch) and one chapter under nbval, with the same workers and
+# threads as `make test`. The venv lies inside .venv so that everything that
+# leaves .venv out (git, the book's exclude_patterns, the tests that walk or
+# copy the checkout) leaves it out too.
 COMPAT_VENV ?= $(VENV)/compat
 COMPAT_PY := $(COMPAT_VENV)/bin/python
 COMPAT_STAMP := $(COMPAT_VENV)/.installed
@@ -80,10 +81,13 @@ COMPAT_TESTS = $(filter-out tests/test_book.py,$(sort $(wildcard \
 	$(patsubst %,tests/test_%.py,$(patsubst _%,%,$(COMPAT_MODULES))))))
 COMPAT_CHAPTER := chapters/01_sgd_learning_rate.ipynb
 
-$(COMPAT_STAMP): requirements-compat.txt pyproject.toml
+# requirements.txt with its torch and torchvision lines swapped for the old pair.
+$(COMPAT_STAMP): requirements.txt requirements-compat.txt pyproject.toml
 	@test -x $(COMPAT_PY) || $(PYTHON) -m venv $(COMPAT_VENV)
 	$(COMPAT_PY) -m pip install --quiet --upgrade pip
-	$(COMPAT_PY) -m pip install --quiet -r requirements-compat.txt
+	grep -v -E '^(torch|torchvision)==' requirements.txt > $(COMPAT_VENV)/requirements.txt
+	$(COMPAT_PY) -m pip install --quiet -r $(COMPAT_VENV)/requirements.txt \
+		-r requirements-compat.txt
 	@touch $@
 
 # --nbval-current-env: the chapter's kernel is this venv's python, not .venv's.
