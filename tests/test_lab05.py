@@ -463,6 +463,19 @@ def test_a_forbidden_route_is_named(capsys, check, answer, used):
     assert f"not allowed: it uses {used}" in out, out
 
 
+class BuiltinDropout(Dropout):
+    def forward(self, x):  # the C function behind F.dropout: no generator argument
+        return torch.dropout(x, self.p, self.training)
+
+
+def test_the_c_dropout_fails_since_it_cannot_use_the_layers_generator(capsys):
+    """The watch sees Python code only, so torch.dropout is not named; it draws
+    from the global random state, which the check sets apart from the layer's
+    generator, so its masks are not the expected ones."""
+    passed, out = checked(capsys, lab5.check_q1, BuiltinDropout)
+    assert not passed and "global random state" in out, out
+
+
 def test_building_blocks_stay_allowed(capsys):
     """log_softmax, nll_loss, one_hot, bernoulli_ and nn.Module are allowed."""
 
