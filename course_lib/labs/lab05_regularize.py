@@ -617,9 +617,13 @@ _DROPOUT_FORBIDDEN = (
                                                     "Dropout", "VanillaDropout",
                                                     "stochastic_depth",
                                                     "StochasticDepth")),
+    # the C functions behind them, caught when the answer calls them
+    *(f"torch.{name}" for name in ("dropout", "feature_dropout", "native_dropout",
+                                    "alpha_dropout", "feature_alpha_dropout")),
 )  # fmt: skip
 _CROSS_ENTROPY_FORBIDDEN = (
     "torch.nn.functional.cross_entropy", "torch.nn.CrossEntropyLoss",
+    "torch._C._nn.cross_entropy_loss",  # the C function behind F.cross_entropy
     "course_lib.regularize.smoothed_targets",
     "course_lib.regularize.label_smoothing_cross_entropy",
     "course_lib.regularize.LabelSmoothingCrossEntropy",
