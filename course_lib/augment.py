@@ -51,6 +51,7 @@ __all__ = [
     "random_shift", "random_scale", "add_noise", "time_stretch", "SignalAugment",
 ]  # fmt: skip
 
+#: The names of the scikit-image sample photos :func:`sample_images` loads.
 SAMPLE_IMAGES = ("astronaut", "chelsea", "coffee")
 _PAIRINGS = ("shuffle", "roll")
 _SHIFT_MODES = ("circular", "zeros")
