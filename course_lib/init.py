@@ -27,9 +27,10 @@ are :func:`fan_in_and_fan_out`.
 Where this module is stricter than torch (course_lib's rules,
 ``course_lib._args``): ``mode`` must be ``"fan_in"`` or ``"fan_out"`` exactly
 (torch lower-cases it first); ``a``, ``param`` and ``gain`` must be finite real
-numbers, checked even where torch ignores them (``a`` with ``"relu"``), and
-``gain`` must be >= 0; a weight with zero fan-in and zero fan-out is refused
-where torch divides by zero. NumPy scalars are accepted.
+numbers (``a`` and ``param`` may be None, the leaky ReLU's default slope 0.01),
+checked even where torch ignores them (``a`` with ``"relu"``), and ``gain``
+must be >= 0; a weight with zero fan-in and zero fan-out is refused where
+torch divides by zero. NumPy scalars are accepted.
 
 :func:`activation_statistics` measures what an initialisation does to a whole
 network: per layer, the mean, spread and saturation of the activations and of
@@ -205,7 +206,7 @@ def _nonzero_fans(tensor: torch.Tensor) -> tuple[int, int]:
 
 def _kaiming_std(tensor, a, mode, nonlinearity) -> float | None:
     """He et al.'s standard deviation, or None for an empty tensor (a no-op)."""
-    a = check_real("a", a)
+    a = None if a is None else check_real("a", a)  # None: leaky_relu's 0.01, as torch
     check_choice("mode", mode, MODES)
     gain = calculate_gain(nonlinearity, a)
     if not isinstance(tensor, torch.Tensor):

@@ -86,6 +86,17 @@ def test_defaults_match_torch(name):
         assert torch.equal(ours[0], theirs[0])
 
 
+@pytest.mark.parametrize("name", KAIMING)
+def test_kaiming_slope_none_is_torchs_default_slope(name):
+    for nonlinearity in ("leaky_relu", "relu"):
+        kwargs = dict(a=None, nonlinearity=nonlinearity)
+        ours, theirs = fill_both(name, (9, 4, 3), torch.float64, "generator", **kwargs)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    with_none = fill_both(name, (9, 4), torch.float64, "global", a=None)[0][0]
+    with_001 = fill_both(name, (9, 4), torch.float64, "global", a=0.01)[0][0]
+    assert torch.equal(with_none, with_001)
+
+
 @pytest.mark.parametrize("name", KAIMING + XAVIER)
 def test_parameter_filled_without_history(name):
     weight = nn.Parameter(torch.zeros(8, 4, dtype=torch.float64))
