@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import gc
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class GradientMonitor(Callback):
     on in ``on_train_begin`` and taken off in ``on_train_end``.
 
     ``every="step"`` appends one value per step; ``"epoch"`` appends the mean
-    over each epoch's steps. :attr:`grad_norm` and :attr:`update_ratio` map
+    over each epoch's steps. ``grad_norm`` and ``update_ratio`` map
     each parameter's qualified name (``"0.weight"``) to its list of values; a
     parameter without a gradient at a step records NaN, so every list has the
     same length. A weight that is exactly zero (a bias initialised to 0)
@@ -119,6 +119,7 @@ class GradientMonitor(Callback):
         return False
 
     def on_train_end(self, model, history):
+        self.on_epoch_end(model, history)  # an epoch cut short by a NaN loss
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -329,7 +330,6 @@ def _live_graph() -> tuple[int, int, int]:
     return len(nodes), len(roots), nbytes
 
 
-@dataclass
 class GraphProbe:
     r"""Tell a training loop that keeps autograd graphs alive from one that does not.
 
@@ -339,33 +339,36 @@ class GraphProbe:
     iteration's graph at a time (the last ``loss`` until it is overwritten),
     so the count is flat from the second iteration on. ``running_loss +=
     loss`` without ``.item()`` chains every iteration's graph to the last
-    one and the count grows by a graph per iteration, without end.
+    one, and the count grows by a whole graph per iteration, without end.
 
-    As a context manager given a ``model``, the probe samples just before
-    every ``model`` forward call, so it watches a training function it cannot
-    edit. :attr:`leaking` is true when the least-squares slope of the node
-    count over the samples after the first is at least ``threshold`` nodes
-    per sample (default 0.5: a leak adds at least one node per iteration).
+    Given a ``model`` and used as a context manager, the probe samples just
+    before every forward call of ``model``, so it watches a training function
+    it cannot edit: ``with GraphProbe(model) as probe: train(model)``.
+    :attr:`leaking` is true when the least-squares slope of the node count
+    over the samples after the first is at least ``threshold`` nodes per
+    sample (default 0.5: a leak adds at least one node per iteration).
+    The lists ``nodes``, ``roots`` (live tensors with a ``grad_fn``),
+    ``tensor_bytes`` and ``cuda_bytes`` hold one entry per sample.
 
-    Limits: it sees graphs, not bytes. After ``backward`` a kept graph has
-    freed its saved activations, so the memory grows by the nodes alone and
-    slowly; :attr:`tensor_bytes` (storages of live Python tensors) misses
-    tensors held only inside graph nodes, and on a GPU
-    ``torch.cuda.memory_allocated`` (:attr:`cuda_bytes`) counts everything
-    but cannot say why. Graphs kept on purpose (a list of losses stacked
-    later) count as growth too. Each sample walks every Python object, some
-    tens of milliseconds, so probe a few dozen iterations, not a whole run.
+    Limits: it counts graphs, not bytes. After ``backward`` a kept graph has
+    freed its saved activations, so memory grows by the nodes alone, slowly;
+    ``tensor_bytes`` (the storages of live Python tensors, the only bytes
+    visible through ``gc`` on a CPU) misses tensors held inside graph nodes;
+    on a GPU ``cuda_bytes`` (``torch.cuda.memory_allocated``) counts every
+    byte but cannot say why it grew. Graphs kept on purpose (losses stacked
+    later) count as growth too. A sample walks every Python object, tens of
+    milliseconds, so probe a few dozen iterations, not a whole run.
     """
 
-    threshold: float = 0.5
-    nodes: list[int] = field(default_factory=list)
-    roots: list[int] = field(default_factory=list)
-    tensor_bytes: list[int] = field(default_factory=list)
-    cuda_bytes: list[int] = field(default_factory=list)
-
-    def __post_init__(self):
-        self.threshold = check_real("threshold", self.threshold, "(0, inf)")
-        self.model, self._handle = None, None
+    def __init__(self, model: nn.Module | None = None, threshold: float = 0.5):
+        ok = model is None or isinstance(model, nn.Module)
+        require(ok, "model", "None or a torch.nn.Module", model)
+        self.model, self._handle = model, None
+        self.threshold = check_real("threshold", threshold, "(0, inf)")
+        self.nodes: list[int] = []
+        self.roots: list[int] = []
+        self.tensor_bytes: list[int] = []
+        self.cuda_bytes: list[int] = []
 
     def sample(self) -> None:
         """Record the live graph now."""
@@ -378,7 +381,7 @@ class GraphProbe:
 
     @property
     def growth(self) -> float:
-        """Least-squares slope of :attr:`nodes` per sample, after the first."""
+        """Least-squares slope of the node count per sample, after the first."""
         counts = np.asarray(self.nodes[1:], dtype=float)
         if len(counts) < 2:
             raise ValueError(f"need at least 3 samples, got {len(self.nodes)}")
@@ -388,12 +391,6 @@ class GraphProbe:
     def leaking(self) -> bool:
         """Whether the graph grew by at least ``threshold`` nodes per sample."""
         return self.growth >= self.threshold
-
-    def watch(self, model: nn.Module) -> GraphProbe:
-        """Sample before every forward call of ``model`` while in a ``with``."""
-        require(isinstance(model, nn.Module), "model", "a torch.nn.Module", model)
-        self.model = model
-        return self
 
     def __enter__(self) -> GraphProbe:
         if self.model is not None:
@@ -413,7 +410,7 @@ def probe_loop(step, num_steps: int = 20, threshold: float = 0.5) -> GraphProbe:
     after each call; return the probe (``probe.leaking``, ``probe.nodes``)."""
     check_callable("step", step)
     num_steps = check_int("num_steps", num_steps, low=3)
-    probe = GraphProbe(threshold)
+    probe = GraphProbe(threshold=threshold)
     for i in range(num_steps):
         step(i)
         probe.sample()

@@ -171,7 +171,10 @@ def test_gradient_monitor_matches_hand_computed_sgd():
                     p -= lr * p.grad
             step += 1
     assert all(len(v) == 6 for v in mon.update_ratio.values())
-    assert opt._optimizer_step_pre_hooks == {}  # hooks removed at the end
+    X, y = batches[0]  # a step after fit is not recorded: the hooks are gone
+    nn.functional.cross_entropy(model(X), y).backward()
+    opt.step()
+    assert all(len(v) == 6 for v in mon.grad_norm.values())
 
 
 def test_gradient_monitor_adam_epoch_means_and_frozen_layer():
@@ -286,13 +289,15 @@ def test_graph_probe_watches_a_training_function():
 
     for leak in (True, False):
         model = _tiny()
-        with monitor.GraphProbe().watch(model) as probe:
+        with monitor.GraphProbe(model) as probe:
             train(model, leak)
         assert len(probe.nodes) == 6
         assert probe.leaking == leak
         assert not model._forward_pre_hooks
     with pytest.raises(ValueError, match="threshold"):
         monitor.GraphProbe(threshold=0)
+    with pytest.raises(ValueError, match="model"):
+        monitor.GraphProbe("model")
     with pytest.raises(ValueError, match="num_steps"):
         monitor.probe_loop(lambda i: None, num_steps=2)
     with pytest.raises(ValueError, match="step"):
