@@ -55,17 +55,12 @@ from ._args import (
 )
 from .device import generator as device_generator
 
-Objective = Callable[[dict], float]
-
+Objective = Callable[[dict], float]  # params -> score
 
 def _rng(seed) -> torch.Generator:
     if isinstance(seed, torch.Generator):
         return seed
     return device_generator(check_int("seed", seed))
-
-
-def _uniform01(gen: torch.Generator) -> float:
-    return torch.rand((), generator=gen, dtype=torch.float64).item()
 
 
 @dataclass(frozen=True)
@@ -74,34 +69,31 @@ class Uniform:
 
     low: float
     high: float
+    _bounds = "(-inf, inf)"  # no annotation: a class constant, not a field
+    _to = _back = staticmethod(float)  # to and from the axis draws are uniform on
 
     def __post_init__(self):
-        low, high = check_real("low", self.low), check_real("high", self.high)
+        low = check_real("low", self.low, self._bounds)
+        high = check_real("high", self.high, self._bounds)
         require(high > low, "high", f"a real number > low ({low})", high)
         set_fields(self, low=low, high=high)
 
     def sample(self, generator: torch.Generator) -> float:
         """One draw, from ``generator``."""
-        return self.low + (self.high - self.low) * _uniform01(generator)
+        a, b = self._to(self.low), self._to(self.high)
+        u = torch.rand((), generator=generator, dtype=torch.float64).item()
+        return self._back(a + (b - a) * u)
 
 
 @dataclass(frozen=True)
-class LogUniform:
-    r"""``exp(U(log low, log high))``: CDF :math:`\log(x/a) / \log(b/a)`."""
+class LogUniform(Uniform):
+    r"""``exp(U(log low, log high))``: CDF :math:`\log(x/a) / \log(b/a)`.
 
-    low: float
-    high: float
+    Both bounds must be > 0.
+    """
 
-    def __post_init__(self):
-        low = check_real("low", self.low, "(0, inf)")
-        high = check_real("high", self.high, "(0, inf)")
-        require(high > low, "high", f"a real number > low ({low})", high)
-        set_fields(self, low=low, high=high)
-
-    def sample(self, generator: torch.Generator) -> float:
-        """One draw: ``low * (high / low) ** U``."""
-        a, b = math.log(self.low), math.log(self.high)
-        return math.exp(a + (b - a) * _uniform01(generator))
+    _bounds = "(0, inf)"
+    _to, _back = staticmethod(math.log), staticmethod(math.exp)
 
 
 @dataclass(frozen=True)
@@ -186,7 +178,7 @@ class TrialTable:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """Column names: the parameters, ``"score"``, then the info keys."""
+        """The column names in order (parameters, ``"score"``, info keys)."""
         keys = dict.fromkeys(k for t in self.trials for k in t.params)
         keys["score"] = None
         keys.update(dict.fromkeys(k for t in self.trials for k in t.info))
@@ -194,7 +186,7 @@ class TrialTable:
 
     def to_dict(self) -> dict[str, list]:
         """``{column: list}``, for ``plt.plot("lr", "score", data=...)`` or pandas."""
-        return {name: list(self.column(name)) for name in self.names}
+        return {name: self.column(name).tolist() for name in self.names}
 
     def column(self, name: str) -> np.ndarray:
         """One column as an array (NaN where a trial lacks it)."""
@@ -272,17 +264,15 @@ def random_search(
 def _shrink(dist, values: list, pad: float):
     if isinstance(dist, Choice):
         return Choice(tuple(o for o in dist.options if o in values))
-    log = isinstance(dist, LogUniform)
-    to = math.log if log else float
-    a, b = to(dist.low), to(dist.high)
-    margin = pad * (b - a)
     if isinstance(dist, IntUniform):
-        margin = math.ceil(margin)
-    low = max(a, min(to(v) for v in values) - margin)
-    high = min(b, max(to(v) for v in values) + margin)
-    if isinstance(dist, IntUniform):
-        return IntUniform(int(low), int(high)) if high > low else Choice((int(low),))
-    return LogUniform(math.exp(low), math.exp(high)) if log else Uniform(low, high)
+        margin = math.ceil(pad * (dist.high - dist.low))
+        low = max(dist.low, min(values) - margin)
+        high = min(dist.high, max(values) + margin)
+        return IntUniform(low, high) if high > low else Choice((low,))
+    a, b = dist._to(dist.low), dist._to(dist.high)
+    t, margin = [dist._to(v) for v in values], pad * (b - a)
+    low, high = max(a, min(t) - margin), min(b, max(t) + margin)
+    return type(dist)(dist._back(low), dist._back(high))
 
 
 def refine(
@@ -369,7 +359,7 @@ def _batches(loader) -> Iterator:
         for batch in loader:
             empty = False
             yield batch
-        require(not empty, "loader", "a non-empty iterable of (X, y)", loader)
+        require(not empty, "loader", "a non-empty re-iterable of (X, y)", loader)
 
 
 def lr_range_test(
@@ -387,16 +377,22 @@ def lr_range_test(
 ) -> RangeTest:
     r"""Smith's (2017) test: one short run with a growing learning rate.
 
-    Step :math:`i` trains a deep copy of ``model`` (the caller's model is
-    untouched) at :math:`\mathrm{lr}_i = a (b/a)^{i/(n-1)}`, from ``start_lr``
-    :math:`a` to ``end_lr`` :math:`b`, with a fresh ``optimizer_cls(params,
-    lr=a)`` (a ``functools.partial`` carries momentum etc.); ``loader`` is
-    cycled. The score is the bias-corrected moving average
+    Step :math:`i` trains a deep copy of ``model`` (the caller's model, its
+    gradients and its optimizer are untouched) at
+    :math:`\mathrm{lr}_i = a (b/a)^{i/(n-1)}`, from ``start_lr`` :math:`a` to
+    ``end_lr`` :math:`b` in :math:`n` = ``num_steps`` steps, with a fresh
+    ``optimizer_cls(params, lr=a)`` (a ``functools.partial`` carries momentum
+    etc.). ``loader`` (a ``DataLoader`` or a list of ``(X, y)``) is cycled.
+    The loss recorded at :math:`\mathrm{lr}_i` is the batch's loss before
+    that step, so it shows the effect of the rates up to
+    :math:`\mathrm{lr}_{i-1}`. The score is the bias-corrected moving average
     :math:`\bar\ell_i = m_i / (1 - \beta^{i+1})`,
-    :math:`m_i = \beta m_{i-1} + (1-\beta) \ell_i` with
-    :math:`\beta` = ``smoothing``. The run stops at the first non-finite
-    loss or once :math:`\bar\ell_i` > ``diverge_factor`` times its minimum so
-    far; the rate suggested by :func:`suggest_lr` with ``rule`` is kept.
+    :math:`m_i = \beta m_{i-1} + (1-\beta) \ell_i`, :math:`\beta` =
+    ``smoothing``. The run stops at the first non-finite loss or once
+    :math:`\bar\ell_i` exceeds ``diverge_factor`` times its minimum so far
+    (``inf``: only the non-finite stop). The rate :func:`suggest_lr` picks
+    with ``rule`` is kept. To plot:
+    ``plt.semilogx(*result.columns("lr", "score"))``.
     """
     check_callable("loss_fn", loss_fn)
     check_callable("optimizer_cls", optimizer_cls)
@@ -406,7 +402,7 @@ def lr_range_test(
             end_lr)  # fmt: skip
     num_steps = check_int("num_steps", num_steps, low=2)
     beta = check_real("smoothing", smoothing, "[0, 1)")
-    diverge_factor = check_real("diverge_factor", diverge_factor, "(1, inf)")
+    diverge_factor = check_real("diverge_factor", diverge_factor, "(1, inf]")
     check_choice("rule", rule, ("steepest", "min/10"))
     net = copy.deepcopy(model).train()
     device = next(net.parameters()).device

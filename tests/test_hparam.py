@@ -251,6 +251,40 @@ def test_lr_range_test_on_a_regression(seed):
     assert math.isclose(result.suggested_lr, lr[np.argmin(score)] / 10)
 
 
+def test_range_test_leaves_the_callers_optimizer_alone():
+    torch.manual_seed(0)
+    model, data = nn.Linear(5, 1).double(), regression(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    F.mse_loss(model(data[0][0]), data[0][1]).backward()
+    opt.step()  # the caller's run has momentum state and grads
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    grads = [p.grad.clone() for p in model.parameters()]
+    buffers = [opt.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    H.lr_range_test(model, F.mse_loss, data, torch.optim.SGD, start_lr=1e-3,
+                    end_lr=10.0, num_steps=40)  # fmt: skip
+    assert opt.param_groups[0]["lr"] == 0.05
+    for p, g, b in zip(model.parameters(), grads, buffers, strict=True):
+        assert torch.equal(p.grad, g)
+        assert torch.equal(opt.state[p]["momentum_buffer"], b)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k])
+    assert model.training  # the copy is put in train mode, not the model
+    model.eval()
+    H.lr_range_test(model, F.mse_loss, data, torch.optim.SGD, num_steps=5)
+    assert not model.training
+
+
+def test_range_test_stops_at_a_non_finite_loss():
+    # no divergence threshold: the run ends when the loss overflows to inf
+    torch.manual_seed(0)
+    result = H.lr_range_test(nn.Linear(5, 1).double(), F.mse_loss, regression(0),
+                             torch.optim.SGD, start_lr=10.0, end_lr=1e4,
+                             num_steps=500, diverge_factor=math.inf)  # fmt: skip
+    assert result.stopped.startswith("non-finite loss")
+    assert 0 < len(result) < 500
+    assert np.isfinite(result.column("score")).all()
+
+
 def test_suggest_lr_steepest_on_a_known_curve():
     lrs = np.logspace(-5, 0, 101)
     # a smooth drop centred at lr = 1e-3, then a rise after 1e-1
