@@ -13,10 +13,10 @@ Four tools for the debugging chapter, each answering one question:
                           (``running_loss += loss``) and so grow without end?
 ========================  ===================================================
 
-The update-to-weight ratio :math:`\lVert \Delta w\rVert / \lVert w\rVert` is
-the lectures' rule of thumb for the learning rate: around :math:`10^{-3}` per
-step is healthy, much smaller means the layer barely learns, much larger that
-it is being thrown around.
+The update-to-weight ratio :math:`\lVert \Delta w\rVert / \lVert w\rVert` is a
+common rule of thumb for the learning rate: around :math:`10^{-3}` per step
+is healthy, much smaller means the layer barely learns, much larger that it
+is being thrown around.
 """
 
 from __future__ import annotations
