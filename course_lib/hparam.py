@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -194,15 +195,34 @@ class TrialTable:
         if name == "score":
             return np.array([t.score for t in self.trials])
         rows = [t.params if name in t.params else t.info for t in self.trials]
-        return np.array([row.get(name, math.nan) for row in rows])
+        return _as_column([row.get(name, math.nan) for row in rows])
 
     def columns(self, *names: str) -> tuple[np.ndarray, ...]:
         """Several columns: ``plt.plot(*table.columns("lr", "score"))``."""
         return tuple(self.column(name) for name in names)
 
 
+def _as_column(values: list) -> np.ndarray:
+    """Numbers or strings as NumPy infers them; anything else (tuples, a mix)
+    as an object array of the values themselves."""
+    if all(isinstance(v, numbers.Real) for v in values) or all(
+        isinstance(v, str) for v in values
+    ):
+        return np.array(values)
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        out[i] = v
+    return out
+
+
 def _evaluate(objective, params: dict, info: dict) -> Trial:
-    return Trial(dict(params), float(objective(dict(params))), info)
+    score = objective(dict(params))
+    if torch.is_tensor(score) and score.numel() == 1:
+        score = score.item()
+    ok = isinstance(score, numbers.Real) and not isinstance(score, bool)
+    if not ok:
+        raise TypeError(f"objective must return a real number, got {score!r}")
+    return Trial(dict(params), float(score), info)
 
 
 def grid_search(

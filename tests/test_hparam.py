@@ -127,6 +127,28 @@ def test_table_plots_in_one_line():
     plt.close("all")
 
 
+def test_columns_keep_values_of_any_type():
+    space = {"hidden": H.Choice([(64,), (32, 32)]), "act": H.Choice(["relu", 0])}
+    table = H.random_search(lambda p: len(p["hidden"]), space, num_trials=8, seed=0)
+    hidden, act = table.columns("hidden", "act")
+    assert hidden.shape == (8,) and set(hidden) == {(64,), (32, 32)}
+    assert list(act) == [t.params["act"] for t in table]  # 0 stays an int
+    assert table.to_dict()["hidden"] == [t.params["hidden"] for t in table]
+    width = H.random_search(toy, SPACE, num_trials=4, seed=0).column("width")
+    assert width.dtype.kind == "i"
+
+
+def test_objective_must_return_a_real_number():
+    space = {"a": H.Uniform(0.0, 1.0)}
+    for bad in (None, "0.5", True, torch.ones(2)):
+        with pytest.raises(TypeError, match="objective must return a real number"):
+            H.random_search(lambda p, bad=bad: bad, space, num_trials=1, seed=0)
+    f64 = functools.partial(torch.tensor, dtype=torch.float64)
+    table = H.random_search(lambda p: f64(p["a"]), space, num_trials=2,
+                            seed=0)  # fmt: skip
+    assert [t.score for t in table] == [t.params["a"] for t in table]
+
+
 def test_grid_search_visits_the_full_product():
     seen = []
     grid = {"a": [1, 2, 3], "b": ["x", "y"], "c": [0.5]}
