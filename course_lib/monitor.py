@@ -50,11 +50,10 @@ class GradientMonitor(Callback):
     :math:`\eta \lVert g\rVert / \lVert w\rVert` for plain SGD and the true
     ratio for momentum, Adam or anything else (weight decay included).
 
-    ``fit`` calls callbacks only once per epoch, so the monitor hooks into
-    ``optimizer.step`` itself (``register_step_pre_hook`` and
-    ``register_step_post_hook``): the gradients are read and the weights
-    copied just before each step, and compared just after. The hooks are put
-    on in ``on_train_begin`` and taken off in ``on_train_end``.
+    ``fit`` calls callbacks once per epoch, so the monitor hooks into
+    ``optimizer.step`` itself (step pre- and post-hooks, put on in
+    ``on_train_begin``, taken off in ``on_train_end``): gradients are read
+    and weights copied just before each step, and compared just after.
 
     ``every="step"`` appends one value per step; ``"epoch"`` appends the mean
     over each epoch's steps. ``grad_norm`` and ``update_ratio`` map
@@ -129,11 +128,8 @@ def _tensors(obj):
     """The tensors inside ``obj`` (a tensor, or lists/tuples/dicts of them)."""
     if isinstance(obj, torch.Tensor):
         yield obj
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from _tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
+    elif isinstance(obj, (list, tuple, dict)):
+        for item in obj.values() if isinstance(obj, dict) else obj:
             yield from _tensors(item)
 
 
@@ -161,9 +157,9 @@ class NonFinite:
     inputs_nonfinite: bool
 
     def __str__(self) -> str:
-        source = "its inputs were already non-finite" if self.inputs_nonfinite else (
-            "its inputs were finite")  # fmt: skip
-        return f"{self.name or '(model)'} ({self.module}), call {self.call}: {source}"
+        inputs = "non-finite" if self.inputs_nonfinite else "finite"
+        where = self.name or "(model)"
+        return f"{where} ({self.module}), call {self.call}, inputs {inputs}"
 
 
 class find_nonfinite:  # noqa: N801 (used as a function: ``with find_nonfinite(m)``)
