@@ -58,6 +58,14 @@ from .device import generator as device_generator
 
 Objective = Callable[[dict], float]  # params -> score
 
+
+def _nonempty(name: str, value) -> tuple:
+    """``value`` as a tuple, if it is a non-empty sequence (not a string)."""
+    ok = isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+    require(ok and len(value) > 0, name, "a non-empty sequence", value)
+    return tuple(value)
+
+
 def _rng(seed) -> torch.Generator:
     if isinstance(seed, torch.Generator):
         return seed
@@ -121,10 +129,7 @@ class Choice:
     options: tuple
 
     def __post_init__(self):
-        ok = isinstance(self.options, Sequence) and not isinstance(self.options, str)
-        require(ok and len(self.options) > 0, "options", "a non-empty sequence",
-                self.options)  # fmt: skip
-        set_fields(self, options=tuple(self.options))
+        set_fields(self, options=_nonempty("options", self.options))
 
     def sample(self, generator: torch.Generator):
         """One option, drawn from ``generator``."""
@@ -209,10 +214,7 @@ def _as_column(values: list) -> np.ndarray:
         isinstance(v, str) for v in values
     ):
         return np.array(values)
-    out = np.empty(len(values), dtype=object)
-    for i, v in enumerate(values):
-        out[i] = v
-    return out
+    return np.fromiter(values, dtype=object, count=len(values))  # tuples stay whole
 
 
 def _evaluate(objective, params: dict, info: dict) -> Trial:
@@ -237,13 +239,9 @@ def grid_search(
     minimize = check_bool("minimize", minimize)
     require(isinstance(grid, Mapping) and len(grid) > 0, "grid",
             "a non-empty mapping of names to sequences", grid)  # fmt: skip
-    for name, values in grid.items():
-        ok = isinstance(values, Sequence) and not isinstance(values, str)
-        require(ok and len(values) > 0, f"grid[{name!r}]", "a non-empty sequence",
-                values)  # fmt: skip
-    names = list(grid)
-    trials = [_evaluate(objective, dict(zip(names, point, strict=True)), {})
-              for point in itertools.product(*grid.values())]  # fmt: skip
+    axes = [_nonempty(f"grid[{name!r}]", values) for name, values in grid.items()]
+    trials = [_evaluate(objective, dict(zip(grid, point, strict=True)), {})
+              for point in itertools.product(*axes)]  # fmt: skip
     return TrialTable(tuple(trials), minimize)
 
 
@@ -252,10 +250,8 @@ def _check_space(space) -> dict:
             "a non-empty mapping of names to distributions", space)  # fmt: skip
     for name, dist in space.items():
         if not isinstance(dist, Distribution):
-            raise TypeError(
-                f"space[{name!r}] must be a Uniform, LogUniform, IntUniform or "
-                f"Choice, got {dist!r}"
-            )
+            kinds = "a Uniform, LogUniform, IntUniform or Choice"
+            raise TypeError(f"space[{name!r}] must be {kinds}, got {dist!r}")
     return dict(space)
 
 
