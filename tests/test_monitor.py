@@ -10,6 +10,7 @@ from torch import nn
 from course_lib import monitor
 from course_lib.train import fit
 
+F64 = torch.float64
 NORMS = [1.0, 2.0, math.inf, 0.5, 3.0]
 
 
@@ -34,7 +35,7 @@ def _twin(params):
 
 
 @pytest.mark.parametrize("norm_type", NORMS)
-@pytest.mark.parametrize("max_norm", [0.1, 1.0, 1e3])
+@pytest.mark.parametrize("max_norm", [0.0, 0.1, 1.0, 1e3, math.inf])
 def test_clip_grad_norm_matches_torch_over_steps(norm_type, max_norm):
     ours = _params(0)
     theirs = _twin(ours)
@@ -190,6 +191,15 @@ def test_gradient_monitor_adam_epoch_means_and_frozen_layer():
         if name != "0.bias":
             true = ((p - before[name]).norm() / before[name].norm()).item()
             assert mon.update_ratio[name][0] == pytest.approx(true, rel=1e-10)
+    model, batches = _tiny(2), _data(n=24, seed=2)  # 6 steps per epoch
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    steps, epochs = monitor.GradientMonitor(opt), monitor.GradientMonitor(opt, "epoch")
+    fit(model, batches, opt, num_epochs=2, callbacks=[steps, epochs], progress=False)
+    for name in steps.grad_norm:  # each epoch's entry is the mean of its 6 steps
+        for record in ("grad_norm", "update_ratio"):
+            per_step = torch.tensor(getattr(steps, record)[name], dtype=F64).view(2, 6)
+            got = torch.tensor(getattr(epochs, record)[name], dtype=F64)
+            torch.testing.assert_close(got, per_step.mean(dim=1), rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="every"):
         monitor.GradientMonitor(opt, every="batch")
     with pytest.raises(ValueError, match="optimizer"):
