@@ -338,6 +338,11 @@ def test_suggest_lr_steepest_on_a_known_curve():
         (lambda: H.coarse_to_fine(toy, SPACE, rounds=2, num_trials=5, seed=0,
                                   keep=6), "keep must be an integer in"),  # fmt: skip
         (lambda: H.suggest_lr([1, 2], [1, 2], "valley"), "rule must be one of"),
+        (lambda: H.grid_search(3, {"a": [1]}), "objective must be a callable"),
+        (lambda: H.grid_search(toy, {}), "grid must be a non-empty mapping"),
+        (lambda: H.grid_search(toy, {"a": [1]}, minimize=1), "minimize must be"),
+        (lambda: H.refine(SPACE2, H.grid_search(f2, {"lr": [0.1], "x": [0.5]}),
+                          keep=1, pad=0.0), "pad must be a real number > 0"),  # fmt: skip
     ],
 )
 def test_bad_arguments_raise_value_error(make, match):
