@@ -342,7 +342,7 @@ def test_suggest_lr_steepest_on_a_known_curve():
         (lambda: H.grid_search(toy, {}), "grid must be a non-empty mapping"),
         (lambda: H.grid_search(toy, {"a": [1]}, minimize=1), "minimize must be"),
         (lambda: H.refine(SPACE2, H.grid_search(f2, {"lr": [0.1], "x": [0.5]}),
-                          keep=1, pad=0.0), "pad must be a real number > 0"),  # fmt: skip
+                          keep=1, pad=0.0), "pad must be a real number > 0"),
     ],
 )
 def test_bad_arguments_raise_value_error(make, match):
