@@ -9,6 +9,8 @@ One module per topic (see the book's appendix or ``shared/DESIGN.md``):
 - :mod:`course_lib.train`     the training loop, evaluation, callbacks
 - :mod:`course_lib.schedules` learning-rate schedules as functions of the step
 - :mod:`course_lib.diagnose`  naming what is wrong with a learning curve
+- :mod:`course_lib.monitor`   gradient norms, update ratios, NaN finder, clipping
+- :mod:`course_lib.hparam`    grid, random and coarse-to-fine search, LR range test
 - :mod:`course_lib.optim`     SGD, Adagrad, RMSprop, Adam(W), NAdam, RAdam, Lookahead
 - :mod:`course_lib.init`      Xavier and Kaiming init, activation/gradient statistics
 - :mod:`course_lib.norm`      batch, layer, group, instance and weight normalisation
