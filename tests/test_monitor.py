@@ -317,3 +317,27 @@ def test_graph_probe_watches_a_training_function():
         monitor.probe_loop(lambda i: None, num_steps=2)
     with pytest.raises(ValueError, match="step"):
         monitor.probe_loop(3)
+
+
+class _WhereSqrt(nn.Module):
+    def forward(self, x):  # finite forward; sqrt backward 0 / 0 = NaN at x = 0
+        return torch.where(x > 0, x.sqrt(), torch.zeros_like(x))
+
+
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
+def test_nan_born_in_backward_needs_detect_anomaly():
+    model = nn.Sequential(nn.Linear(3, 3), _WhereSqrt()).double()
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.zero_()  # the sqrt sees exactly 0
+    X = torch.randn(4, 3, dtype=torch.float64)
+    with monitor.find_nonfinite(model) as finder:
+        model(X).sum().backward()
+    assert finder.found is None  # forward hooks see nothing ...
+    assert torch.isnan(model[0].weight.grad).any()  # ... yet the gradient is NaN
+    # detect_anomaly names the backward function and warns with the forward
+    # call's traceback
+    with pytest.warns(UserWarning, match="SqrtBackward0"):
+        with pytest.raises(RuntimeError, match="SqrtBackward0.*nan"):
+            with torch.autograd.detect_anomaly(check_nan=True):
+                model(X).sum().backward()
