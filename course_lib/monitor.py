@@ -176,11 +176,13 @@ class find_nonfinite:  # noqa: N801 (used as a function: ``with find_nonfinite(m
             loss_fn(model(X), y).backward()
         print(finder.found)
 
-    When the forward pass is finite but the *gradients* turn NaN (``sqrt`` at
-    0, ``x / x`` at 0, a custom ``backward``), forward hooks see nothing: use
-    ``torch.autograd.detect_anomaly()``, which checks every backward function
-    and reports the forward operation whose backward produced the NaN, with
-    its traceback. It is much slower, so it is for a rerun, not for every run.
+    When the forward pass is finite but the *gradients* turn NaN (a ``sqrt``
+    at 0 behind a ``torch.where``, whose backward is 0/0; a custom
+    ``backward``), forward hooks see nothing: use
+    ``torch.autograd.detect_anomaly()``, which checks the output of every
+    backward function, raises naming the first that returned NaN
+    (``SqrtBackward0``) and prints the traceback of its forward call. It
+    slows every operation down, so it is for a rerun, not for every run.
     """
 
     def __init__(self, model: nn.Module, raise_error: bool = False):
