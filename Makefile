@@ -42,11 +42,19 @@ book: install
 	@echo "Open _build/html/index.html"
 
 # Unit tests, every chapter and lab notebook under nbval, the book build.
+# The tests that start processes of their own (grading runs a kernel and an
+# answers process per submission, two at a time; the Colab test a venv and a
+# kernel) run after the chapters, not beside them: next to a grading matrix a
+# one-thread chapter shares its core and its time stops measuring the chapter
+# (chapter 2 took 83 s beside them against about 50 s alone).
+PROCESS_TESTS := tests/test_grading.py tests/test_grading_attacks.py tests/test_colab.py
 test: install
 	$(VENV)/bin/ruff check course_lib tests benchmarks
 	$(VENV)/bin/actionlint .github/workflows/*.yml
-	$(PY) -m pytest tests $(CHAPTERS) --nbval-lax --nbval-cell-timeout=300 \
+	$(PY) -m pytest tests $(CHAPTERS) $(addprefix --ignore=,$(PROCESS_TESTS)) \
+		--nbval-lax --nbval-cell-timeout=300 \
 		$(XDIST) --durations=15 -p no:cacheprovider -p notebook_budget
+	$(PY) -m pytest $(PROCESS_TESTS) $(XDIST) --durations=10 -p no:cacheprovider
 
 # Every chapter again on other seeds (COURSE_LIB_SEED_SHIFT, read by
 # course_lib.device) and with the machine's default thread count: a hidden check
