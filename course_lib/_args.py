@@ -33,6 +33,7 @@ import numbers
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import torch
 
 
 def require(ok: bool, name: str, accepted: str, value: object) -> None:
@@ -173,6 +174,14 @@ def check_real_sequence(
     words = _real_words(interval).replace("a ", "", 1).replace("number", "numbers")
     require(ok, name, f"{_sequence_words(length, False)} {words}", value)
     return tuple(float(v) for v in value)
+
+
+def check_generator(generator):
+    """``generator`` if it is a ``torch.Generator`` or None; TypeError otherwise."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        accepted = "a torch.Generator or None"
+        raise TypeError(f"generator must be {accepted}, got {generator!r}")
+    return generator
 
 
 def set_fields(obj: object, **values) -> None:

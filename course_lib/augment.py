@@ -37,6 +37,7 @@ from torch import Tensor
 
 from ._args import (
     check_choice,
+    check_generator,
     check_int,
     check_real,
     check_real_sequence,
@@ -55,13 +56,6 @@ __all__ = [
 SAMPLE_IMAGES = ("astronaut", "chelsea", "coffee")
 _PAIRINGS = ("shuffle", "roll")
 _SHIFT_MODES = ("circular", "zeros")
-
-
-def _check_generator(generator) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        accepted = "a torch.Generator or None"
-        raise TypeError(f"generator must be {accepted}, got {generator!r}")
-    return generator
 
 
 def _rng_device(generator, x: Tensor) -> torch.device:
@@ -126,7 +120,7 @@ def erasing_box(
     require(low <= high, "scale", "a pair (low, high) with low <= high", scale)
     ratio = check_real_sequence("ratio", ratio, "(0, inf)", length=2)
     require(ratio[0] <= ratio[1], "ratio", "a pair (low, high) with low <= high", ratio)
-    generator = _check_generator(generator)
+    generator = check_generator(generator)
     log_ratio = torch.log(torch.tensor(ratio))  # float32, as torchvision
     for _ in range(10):
         u = torch.empty(1).uniform_(low, high, generator=generator)
@@ -149,7 +143,7 @@ def random_erasing(
     same box for every leading index, as ``v2.RandomErasing`` does (call it
     per image for a box each)."""
     p, value = check_real("p", p, "[0, 1]"), check_real("value", value)
-    generator = _check_generator(generator)
+    generator = check_generator(generator)
     require(x.ndim >= 2, "x", "a tensor of shape (..., H, W)", tuple(x.shape))
     if torch.rand(1, generator=generator) >= p:
         return x
@@ -177,7 +171,7 @@ def cutout(x: Tensor, size, *, value=0.0, generator=None) -> Tensor:
     """
     require(x.ndim == 4, "x", "a tensor of shape (N, C, H, W)", tuple(x.shape))
     h, w = _check_size(size)
-    value, generator = check_real("value", value), _check_generator(generator)
+    value, generator = check_real("value", value), check_generator(generator)
     (n, _, height, width), device = x.shape, _rng_device(generator, x)
     cy = torch.randint(0, height, (n,), generator=generator, device=device)
     cx = torch.randint(0, width, (n,), generator=generator, device=device)
@@ -237,7 +231,7 @@ def mixup(x: Tensor, y: Tensor, alpha=1.0, *, pairing="shuffle", generator=None)
     """
     alpha = check_real("alpha", alpha, "(0, inf)")
     pairing = check_choice("pairing", pairing, _PAIRINGS)
-    generator = _check_generator(generator)
+    generator = check_generator(generator)
     ok = x.is_floating_point() and x.ndim >= 1
     require(ok, "x", "a float tensor of shape (N, ...)", f"{x.dtype} {tuple(x.shape)}")
     ok = y.ndim in (1, 2) and len(y) == len(x)
@@ -305,7 +299,7 @@ def random_shift(x: Tensor, max_shift: int, *, mode="circular", generator=None):
     _check_signals(x)
     m = check_int("max_shift", max_shift, low=0, high=x.shape[-1] - 1)
     mode = check_choice("mode", mode, _SHIFT_MODES)
-    generator = _check_generator(generator)
+    generator = check_generator(generator)
     if m == 0:
         return x
     device = _rng_device(generator, x)
@@ -319,7 +313,7 @@ def random_scale(x: Tensor, max_scale: float, *, generator=None) -> Tensor:
     max_scale`` in [0, 1): the amplitude changes, the shape does not."""
     _check_signals(x)
     m = check_real("max_scale", max_scale, "[0, 1)")
-    generator = _check_generator(generator)
+    generator = check_generator(generator)
     return x if m == 0 else x * _per_sample(_uniform(x, m, generator), x)
 
 
@@ -328,7 +322,7 @@ def add_noise(x: Tensor, std: float, *, generator=None) -> Tensor:
     N(0, I)` drawn for every entry of ``x`` (``(N, L)`` or ``(N, C, L)``)."""
     _check_signals(x)
     std = check_real("std", std, "[0, inf)")
-    generator = _check_generator(generator)
+    generator = check_generator(generator)
     if std == 0:
         return x
     device = _rng_device(generator, x)
@@ -343,7 +337,7 @@ def time_stretch(x: Tensor, max_stretch: float, *, generator=None) -> Tensor:
     and interpolated linearly between its samples."""
     _check_signals(x)
     m = check_real("max_stretch", max_stretch, "[0, 1)")
-    generator = _check_generator(generator)
+    generator = check_generator(generator)
     if m == 0:
         return x
     rate = _uniform(x, m, generator)  # (N,)

@@ -37,7 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._args import check_bool, check_choice, check_int, check_real, require
+from ._args import (
+    check_bool,
+    check_choice,
+    check_generator,
+    check_int,
+    check_real,
+    require,
+)
 
 __all__ = [
     "dropout", "vanilla_dropout", "Dropout", "VanillaDropout",
@@ -53,13 +60,6 @@ _INCLUDES = ("weights", "all")
 _MODES = ("batch", "row")
 
 
-def _check_generator(generator) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        accepted = "a torch.Generator or None"
-        raise TypeError(f"generator must be {accepted}, got {generator!r}")
-    return generator
-
-
 def _scaled(x: torch.Tensor, factor, inplace: bool) -> torch.Tensor:
     """``x * factor``, written into ``x`` itself when ``inplace``."""
     return x.mul_(factor) if inplace else x * factor
@@ -68,7 +68,7 @@ def _scaled(x: torch.Tensor, factor, inplace: bool) -> torch.Tensor:
 def _drop(x, p, training, inplace, generator, *, inverted: bool) -> torch.Tensor:
     """Dropout in either form, after checking its arguments."""
     p, training = check_real("p", p, "[0, 1]"), check_bool("training", training)
-    inplace, generator = check_bool("inplace", inplace), _check_generator(generator)
+    inplace, generator = check_bool("inplace", inplace), check_generator(generator)
     if p == 0 or x.numel() == 0 or (inverted and not training):
         return x
     if not training:
@@ -126,7 +126,7 @@ class Dropout(nn.Module):
         super().__init__()
         self.p = check_real("p", p, "[0, 1]")
         self.inplace = check_bool("inplace", inplace)
-        self.generator = _check_generator(generator)
+        self.generator = check_generator(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p, training, generator = self.p, self.training, self.generator
@@ -341,7 +341,7 @@ def gaussian_noise(x, std, training=True, *, generator=None):
     and for a smooth network to first order in :math:`\sigma^2`.
     """
     std = check_real("std", std, "[0, inf)")
-    training, generator = check_bool("training", training), _check_generator(generator)
+    training, generator = check_bool("training", training), check_generator(generator)
     if not training or std == 0:
         return x
     return x + std * _normal_like(x, generator)
@@ -353,7 +353,7 @@ class GaussianNoise(nn.Module):
     def __init__(self, std=0.1, *, generator=None) -> None:
         super().__init__()
         self.std = check_real("std", std, "[0, inf)")
-        self.generator = _check_generator(generator)
+        self.generator = check_generator(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gaussian_noise(x, self.std, self.training, generator=self.generator)
@@ -379,7 +379,7 @@ def weight_noise(model, std, *, include="weights", generator=None) -> Iterator[N
     the block raises.
     """
     std = check_real("std", std, "[0, inf)")
-    generator = _check_generator(generator)
+    generator = check_generator(generator)
     params = penalized_parameters(model, include)
     saved = [p.detach().clone() for p in params]
     try:
@@ -410,7 +410,7 @@ def stochastic_depth(x, p, mode, training=True, *, generator=None):
     time, as vanilla dropout does. Bit-equal to torchvision for one RNG state.
     """
     p, training = check_real("p", p, "[0, 1]"), check_bool("training", training)
-    mode, generator = check_choice("mode", mode, _MODES), _check_generator(generator)
+    mode, generator = check_choice("mode", mode, _MODES), check_generator(generator)
     if not training or p == 0:
         return x
     require(x.ndim >= 1, "x", "a tensor with a batch dimension", x.shape)
@@ -429,7 +429,7 @@ class StochasticDepth(nn.Module):
         super().__init__()
         self.p = check_real("p", p, "[0, 1]")
         self.mode = check_choice("mode", mode, _MODES)
-        self.generator = _check_generator(generator)
+        self.generator = check_generator(generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p, mode, generator = self.p, self.mode, self.generator
