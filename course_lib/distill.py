@@ -212,6 +212,18 @@ def teacher_probabilities(
     return total / len(models)
 
 
+def _soft_targets(teacher, X: Tensor, temperature: float) -> Tensor:
+    """``teacher_probabilities`` of a model, or given probabilities, checked."""
+    if not isinstance(teacher, Tensor):
+        return teacher_probabilities(teacher, X, temperature)
+    p = _check_logits("teacher", teacher)  # (N, C)
+    ok = len(p) == len(X) and bool((p >= 0).all())
+    ok = ok and bool(torch.allclose(p.sum(1), p.new_ones(len(p)), atol=1e-4))
+    accepted = f"probabilities of shape ({len(X)}, C) with rows summing to 1"
+    require(ok, "teacher", accepted, f"a tensor of shape {tuple(p.shape)}")
+    return p.detach().to(X.device)
+
+
 def _distill_epoch(student, X, p, y, optimizer, loss_terms, batch_size, rng, history):
     """One shuffled pass over ``X``; False once the loss is non-finite."""
     student.train()
@@ -250,7 +262,7 @@ def _val_scores(student: nn.Module, X: Tensor, y: Tensor) -> tuple[float, float]
 
 def distill(
     student: nn.Module,
-    teacher: nn.Module | Sequence[nn.Module] | None,
+    teacher: nn.Module | Sequence[nn.Module] | Tensor | None,
     X: Tensor,
     y: Tensor | None = None,
     *,
@@ -268,8 +280,11 @@ def distill(
 
     The teacher (one model or an ensemble, see :func:`teacher_probabilities`)
     labels ``X`` once at ``temperature`` before training, as the paper's
-    recipe says: run the teacher, keep its soft targets, train on them. Each
-    step then minimises, on a mini-batch of indices :math:`B`,
+    recipe says: run the teacher, keep its soft targets, train on them.
+    ``teacher`` may also be those soft targets themselves, an ``(N, C)``
+    tensor of probabilities at ``temperature`` (rows summing to 1), e.g.
+    targets edited for a control experiment. Each step then minimises, on a
+    mini-batch of indices :math:`B`,
 
     .. math::
         \alpha\, T^2\, \mathrm{KL}(p^T_B \,\|\, q^T_B)
@@ -299,7 +314,7 @@ def distill(
     where = next(student.parameters()).device
     X = X.to(where)
     y = y.to(where) if y is not None else None
-    p = None if alpha == 0 else teacher_probabilities(teacher, X, temperature)
+    p = None if alpha == 0 else _soft_targets(teacher, X, temperature)
 
     def loss_terms(logits, idx):
         soft = soft_target_loss(logits, p[idx], temperature) if alpha > 0 else 0.0

@@ -314,6 +314,26 @@ def test_distill_equals_the_loop_written_out(alpha, ensemble):
     assert history.stopped is None
 
 
+def test_distill_takes_soft_targets_given_as_probabilities():
+    X, y = randn(70, 6, seed=33), labels(70, 4, seed=34)
+    teacher = models(1)[0]
+    probs = D.teacher_probabilities(teacher, X, 2.0)
+    from_model, from_probs = student_pair()
+    for student, source in [(from_model, teacher), (from_probs, probs)]:
+        opt = torch.optim.SGD(student.parameters(), lr=0.05)
+        D.distill(
+            student, source, X, y, optimizer=opt, num_epochs=3, batch_size=16,
+            temperature=2.0, alpha=0.7, seed=1, progress=False,
+        )  # fmt: skip
+    for p, q in zip(from_model.parameters(), from_probs.parameters(), strict=True):
+        assert torch.equal(p, q)
+    opt = torch.optim.SGD(from_probs.parameters(), lr=0.05)
+    kw = dict(optimizer=opt, num_epochs=1, progress=False)
+    for bad in [probs[:60], probs * 2, probs - probs.mean(), probs[:, :3]]:
+        with pytest.raises(ValueError, match="teacher must be probabilities of shape"):
+            D.distill(from_probs, bad, X, y, **kw)
+
+
 def test_distilled_student_learns_the_teachers_function():
     X, X_val = randn(400, 6, seed=40), randn(200, 6, seed=41)
     teacher = models(1)[0]
