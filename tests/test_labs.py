@@ -92,6 +92,77 @@ def test_strip_solutions_rejects_unbalanced_markers(source, message):
         strip_solutions(source)
 
 
+def test_strip_solutions_puts_the_broken_lines_back():
+    """A repair lab (lab 6): the student gets the broken lines, uncommented,
+    where the fix stood, and no stub."""
+    source = (
+        "def f(model, X, y):\n    for x in X:\n        # BEGIN SOLUTION\n"
+        "        # HINT: what does backward do to .grad?\n"
+        "        model.zero_grad()\n        loss = g(x)\n        # BEGIN BROKEN\n"
+        "        # loss = g(x).softmax(1)\n        #\n        # # a note\n"
+        "        #     h(loss)\n        # END BROKEN\n        # END SOLUTION\n"
+        "    return loss"
+    )
+    assert strip_solutions(source) == (
+        "def f(model, X, y):\n    for x in X:\n"
+        "        # HINT: what does backward do to .grad?\n"
+        "        loss = g(x).softmax(1)\n\n        # a note\n            h(loss)\n"
+        "    return loss"
+    )
+
+
+def test_an_empty_broken_part_only_removes_the_fix():
+    source = (
+        "def f(m):\n    # BEGIN SOLUTION\n    m.eval()\n    # BEGIN BROKEN\n"
+        "    # END BROKEN\n    # END SOLUTION\n    return m(1)"
+    )
+    assert strip_solutions(source) == "def f(m):\n    return m(1)"
+    assert "NotImplementedError" not in strip_solutions(source)
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("# BEGIN SOLUTION\n# BEGIN BROKEN\nx = 1\n# END BROKEN\n# END SOLUTION",
+         "must be commented out"),
+        ("# BEGIN SOLUTION\n# BEGIN BROKEN\n# x = 1\n# END SOLUTION", "without END"),
+        ("# BEGIN SOLUTION\n# END BROKEN\n# END SOLUTION", "without BEGIN BROKEN"),
+        ("# BEGIN SOLUTION\n# BEGIN BROKEN\n# BEGIN BROKEN\n# END BROKEN\n"
+         "# END SOLUTION", "inside another part"),
+        ("# BEGIN BROKEN\n# x = 1\n# END BROKEN\n", "outside a solution block"),
+    ],
+)
+def test_strip_solutions_rejects_malformed_broken_parts(source, message):
+    with pytest.raises(ValueError, match=message):
+        strip_solutions(source)
+
+
+@pytest.mark.parametrize("lab_dir", LAB_DIRS, ids=lambda d: d.name)
+def test_no_marker_reaches_the_student(lab_dir):
+    text = student_path(lab_dir).read_text()
+    for marker in ("BEGIN BROKEN", "END BROKEN", "BEGIN SOLUTION", "END SOLUTION"):
+        assert marker not in text, marker
+
+
+def test_a_repair_lab_runs_the_fix_and_shows_the_broken_code():
+    """In lab 6 the solution's functions are the fixed ones, and every student
+    function is the broken code, not a stub."""
+    lab_dir = ROOT / "labs" / "lab06_debugging"
+    solution = nbformat.read(lab_dir / "solution.ipynb", as_version=4)
+    student = nbformat.read(student_path(lab_dir), as_version=4)
+
+    def definitions(nb):
+        return {c.source.split("(")[0]: c.source for c in nb.cells
+                if c.cell_type == "code" and c.source.startswith("def ")}  # fmt: skip
+
+    fixed, broken = definitions(solution), definitions(student)
+    for q in get_lab("lab06_debugging").QUESTIONS.values():
+        name = f"def {q.function}"
+        assert "NotImplementedError" not in broken[name]
+        assert broken[name] != fixed[name]
+        assert "# BEGIN BROKEN" in fixed[name]
+
+
 # --- feedback messages -------------------------------------------------------------
 
 
