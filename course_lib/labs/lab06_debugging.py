@@ -456,35 +456,37 @@ def _explain_q4(expected, actual, *, rtol, atol) -> str | None:
 # --- q5: one epoch that returns its mean loss, probed for kept graphs ---------------
 
 
-def _run_epoch(fn, inputs) -> dict:
-    """The audit, and the autograd graph alive at step 2, at the last step and
-    after the return (three :class:`~course_lib.monitor.GraphProbe` samples:
-    each walks every Python object, so a few, not one per step)."""
+def _run_epoch(fn, inputs, probe: bool = True) -> dict:
+    """The audit, and the autograd graph alive at step 2 and at the last step
+    (two :class:`~course_lib.monitor.GraphProbe` samples: each walks every
+    Python object, so two, not one per step). The reference run, known to
+    keep one step's graph at most, is not probed (``probe=False``)."""
     model, optimizer, batches, _, _ = _classify_setup(inputs)
-    probe, steps = GraphProbe(), len(batches)
+    graph, steps = GraphProbe(), len(batches)
     counter = iter(range(10**9))
 
     def sample():
-        if next(counter) in (1, steps - 1):
-            probe.sample()
+        if probe and next(counter) in (1, steps - 1):
+            graph.sample()
 
     audit = _Audit(model, optimizer, batches, F.cross_entropy, on_step=sample)
     value = fn(model, optimizer, batches)
-    probe.sample()  # with the returned value alive
     out = audit.outputs()
-    if len(probe.nodes) == 3:
-        out["growth"] = (probe.nodes[1] - probe.nodes[0]) / (steps - 2)
-    else:  # fewer steps than batches: the audit says so
-        out["growth"] = 0.0
-    out["nodes"] = probe.nodes[-1]
-    graph = isinstance(value, torch.Tensor) and value.grad_fn is not None
-    out["returned_graph"] = graph
+    nodes = graph.nodes if len(graph.nodes) == 2 else [0, 0]  # too few steps: the
+    out["growth"] = (nodes[1] - nodes[0]) / (steps - 2)  # audit says so
+    out["nodes"] = nodes[1]
+    returned_graph = isinstance(value, torch.Tensor) and value.grad_fn is not None
+    out["returned_graph"] = returned_graph
     try:
-        out["mean_loss"] = float(value.detach() if graph else value)
+        out["mean_loss"] = float(value.detach() if returned_graph else value)
     except (TypeError, ValueError, RuntimeError) as err:
         raise TypeError(f"train_epoch must return the mean loss as a number, got "
                         f"{type(value).__name__}") from err  # fmt: skip
     return out
+
+
+def _expected_epoch(inputs) -> dict:
+    return _run_epoch(train_epoch, inputs, probe=False)
 
 
 def train_epoch(model, optimizer, batches):
@@ -504,9 +506,9 @@ def _explain_q5(expected, actual, *, rtol, atol) -> str | None:
     if actual["growth"] >= 0.5:
         problems.append(
             f"the autograd graph kept alive grows with every step, by "
-            f"{actual['growth']:.1f} nodes per step ({actual['nodes']} nodes when it "
-            f"returns; a correct run: {expected['nodes']}, flat): memory grows with "
-            "the length of the epoch"
+            f"{actual['growth']:.1f} nodes per step ({actual['nodes']} nodes alive at "
+            "the last step, where a correct loop holds one step's graph at most): "
+            "memory grows with the length of the epoch"
         )
     if actual["returned_graph"]:
         problems.append("the number it returns is a tensor that still carries an "
@@ -791,7 +793,8 @@ QUESTIONS = declare(__name__, [
     ),
     Question(
         "q5", "train_epoch", "memory that grows every step",
-        run=_run_epoch, reference=train_epoch, explain=_explain_q5,
+        run=_run_epoch, reference=train_epoch, expected=_expected_epoch,
+        explain=_explain_q5,
         public_cases=lambda: [_classify_case(0, 0.1, 32, 20)],
         hidden_cases=lambda seed: [_classify_case(seed * 7 + 1, 0.1, 16, 16),
                                    _classify_case(seed * 7 + 2, 0.2, 48, 24)],
