@@ -686,6 +686,25 @@ _SWA = tuple(
                  "get_swa_multi_avg_fn", "get_swa_avg_fn", "update_bn", "SWALR")
 )  # fmt: skip
 _KL = ("torch.nn.functional.kl_div", "torch.nn.KLDivLoss", "torch.kl_div")
+# the course's own answers (course_lib.ensemble, .distill, .transfer)
+_COURSE_ENSEMBLE = tuple(
+    f"course_lib.ensemble.{name}"
+    for name in ("average_probabilities", "member_probabilities", "ensemble_predict",
+                 "tta_predict")
+)  # fmt: skip
+_COURSE_AVERAGES = tuple(
+    f"course_lib.ensemble.{name}"
+    for name in ("WeightAverage", "EMA", "SWA", "update_bn")
+)
+_COURSE_DISTILL = tuple(
+    f"course_lib.distill.{name}"
+    for name in ("distillation_loss", "soft_target_loss", "distill")
+)
+_COURSE_TRANSFER = tuple(
+    f"course_lib.transfer.{name}"
+    for name in ("train_last", "prepare", "param_groups", "freeze", "unfreeze",
+                 "layer_names")
+)  # fmt: skip
 
 QUESTIONS = declare(__name__, [
     Question(
@@ -698,7 +717,7 @@ QUESTIONS = declare(__name__, [
         ],
         hidden_cases=_ensemble_hidden, points=2, **_TIGHT,
         hints={"ValueError": "a batch of one in training mode: call model.eval()"},
-        forbidden=_SWA,
+        forbidden=(*_COURSE_ENSEMBLE, *_SWA),
     ),
     Question(
         "q2", "EMA", "an exponential moving average of the weights",
@@ -708,7 +727,7 @@ QUESTIONS = declare(__name__, [
         hidden_cases=_ema_hidden, points=3, **_TIGHT,
         hints={"AttributeError": "EMA(model, decay) keeps a copy in self.module; "
                "update(model) changes it in place"},
-        forbidden=_SWA,
+        forbidden=(*_SWA, *_COURSE_AVERAGES),
     ),
     Question(
         "q3", "distillation_loss", "the distillation loss",
@@ -720,7 +739,7 @@ QUESTIONS = declare(__name__, [
             _distill_case(5, 4, 1.0, 0.25, seed=2),
         ],
         hidden_cases=_distill_hidden, points=3, **_TIGHT,
-        forbidden=_KL,
+        forbidden=(*_KL, *_COURSE_DISTILL),
     ),
     Question(
         "q4", "fine_tuning_groups", "freezing and parameter groups for fine-tuning",
@@ -733,6 +752,6 @@ QUESTIONS = declare(__name__, [
         ],
         hidden_cases=_groups_hidden, points=2, rtol=0, atol=0,
         hints={"TypeError": "return a list of dicts, {'params': [...], 'lr': ...}"},
-        forbidden=("course_lib.labs.lab07_ensemble_distill.fine_tuning_reference",),
+        forbidden=_COURSE_TRANSFER,
     ),
 ])  # fmt: skip

@@ -514,6 +514,14 @@ _PRUNE = tuple(
                  "PruningContainer", "BasePruningMethod", "_compute_nparams_toprune",
                  "_validate_pruning_amount", "_validate_pruning_amount_init")
 )  # fmt: skip
+_COURSE_PRUNING = tuple(
+    f"course_lib.pruning.{name}"
+    for name in ("global_magnitude_masks", "layerwise_magnitude_masks",
+                 "random_masks_like", "current_masks", "apply_masks", "remove_masks",
+                 "effective_weight", "snapshot", "rewind_",
+                 "iterative_magnitude_pruning")
+)  # fmt: skip
+_FORBIDDEN = _PRUNE + _COURSE_PRUNING
 
 QUESTIONS = declare(__name__, [
     Question(
@@ -526,7 +534,7 @@ QUESTIONS = declare(__name__, [
             _masks_case([(4, 3, 3, 3), (12, 9)], 0.3, seed=2),
         ],
         hidden_cases=_masks_hidden, points=3, rtol=0, atol=0,
-        forbidden=_PRUNE,
+        forbidden=_FORBIDDEN,
     ),
     Question(
         "q2", "pruned_step", "a training step that keeps pruned weights at zero",
@@ -537,7 +545,7 @@ QUESTIONS = declare(__name__, [
             _pruned_case("momentum", 0.7, seed=1),
         ],
         hidden_cases=_pruned_hidden, points=3, **_TIGHT,
-        forbidden=_PRUNE,
+        forbidden=_FORBIDDEN,
     ),
     Question(
         "q3", "rewind", "rewinding to the initial weights",
@@ -548,6 +556,6 @@ QUESTIONS = declare(__name__, [
             _rewind_case(0.5, 4, batch_norm=True, seed=1),
         ],
         hidden_cases=_rewind_hidden, points=2, **_TIGHT,
-        forbidden=_PRUNE,
+        forbidden=_FORBIDDEN,
     ),
 ])  # fmt: skip
