@@ -383,3 +383,44 @@ def test_bad_distill_arguments_are_named():
         D.distill(student, teacher, X, y, alpha=2, **kw)
     with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer"):
         D.distill(student, teacher, X, y, **(kw | dict(optimizer="sgd")))
+
+
+# ---------------------------------------------------------------- the book's teacher
+
+
+def test_mnist1d_teacher_is_cached_and_read_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_LIB_CACHE", str(tmp_path))
+    torch.manual_seed(123)
+    expected_draw = torch.rand(1)
+    torch.manual_seed(123)
+    first = D.mnist1d_teacher(num_epochs=1, channels=4)
+    assert torch.equal(torch.rand(1), expected_draw)  # global RNG untouched
+    files = list(tmp_path.glob("distill-mnist1d-teacher-*.pt"))
+    assert len(files) == 1 and not first.training
+    # read back, not retrained: a changed file on disk is what comes back
+    state = {k: v + 1 for k, v in first.state_dict().items()}
+    torch.save(state, files[0])
+    second = D.mnist1d_teacher(num_epochs=1, channels=4)
+    for k, v in second.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    # another setting or seed shift is another file; an unreadable file retrains
+    D.mnist1d_teacher(num_epochs=1, channels=4, seed=1)
+    monkeypatch.setenv("COURSE_LIB_SEED_SHIFT", "1000")
+    D.mnist1d_teacher(num_epochs=1, channels=4)
+    assert len(list(tmp_path.glob("distill-mnist1d-teacher-*.pt"))) == 3
+    monkeypatch.delenv("COURSE_LIB_SEED_SHIFT")
+    files[0].write_bytes(b"not a checkpoint")
+    third = D.mnist1d_teacher(num_epochs=1, channels=4)
+    for k, v in third.state_dict().items():
+        assert torch.equal(v, first.state_dict()[k]), k  # the same training again
+
+
+def test_mnist1d_teacher_without_cache_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_LIB_CACHE", str(tmp_path / "cache"))
+    model = D.mnist1d_teacher(num_epochs=1, channels=4, cache=False)
+    assert isinstance(model, nn.Module)
+    assert not list((tmp_path / "cache").glob("distill-*"))  # MNIST-1D is cached
+    with pytest.raises(ValueError, match="num_epochs must be a positive integer"):
+        D.mnist1d_teacher(num_epochs=0)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        D.mnist1d_teacher(seed=-1)
