@@ -217,11 +217,8 @@ def param_groups(
     names = layer_names(model)
     groups = []
     for i, name in enumerate(reversed(names)):
-        params = [
-            p
-            for p in model.get_submodule(name).parameters(recurse=False)
-            if p.requires_grad
-        ]
+        layer = model.get_submodule(name)
+        params = [p for p in layer.parameters(recurse=False) if p.requires_grad]
         if params:
             groups.append({"params": params, "lr": lr * layer_decay**i, "name": name})
     if not groups:
