@@ -80,8 +80,8 @@ def assert_fails_with(key, fn, words, seed=None):
 # --- the symptoms each broken function shows ---------------------------------------
 
 SYMPTOMS = {
-    "q1": ["from step 2 on", "is not the gradient of the batch's cross-entropy",
-           "and it grows"],
+    "q1": ["from step 2 on", "and it grows",
+           "is not the gradient of the cross-entropy on that step's batch"],
     "q2": ["at every step", "times as long", "the losses it returns are not the "
            "cross-entropy of the network's outputs", "never goes below"],
     "q3": ["predicts nearly the same value for every input",

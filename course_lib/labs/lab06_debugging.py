@@ -245,7 +245,7 @@ def train_steps(model, optimizer, batches):
 
 
 def _explain_q1(expected, actual, *, rtol, atol) -> str | None:
-    gradient = _gradient_problem(expected, actual, "the batch's cross-entropy")
+    gradient = _gradient_problem(expected, actual, "the cross-entropy")
     return _joined([gradient, gradient and _accuracy_problem(expected, actual)])
 
 
@@ -513,7 +513,7 @@ def _explain_q5(expected, actual, *, rtol, atol) -> str | None:
     if actual["returned_graph"]:
         problems.append("the number it returns is a tensor that still carries an "
                         "autograd graph")  # fmt: skip
-    problems.append(_gradient_problem(expected, actual, "the batch's cross-entropy"))
+    problems.append(_gradient_problem(expected, actual, "the cross-entropy"))
     mean = float(actual["true_loss"].mean())
     if not math.isclose(actual["mean_loss"], mean, rel_tol=1e-6, abs_tol=1e-9):
         problems.append(f"it returns {actual['mean_loss']:.6g}, but the mean of its "
@@ -662,7 +662,7 @@ def _explain_q7(expected, actual, *, rtol, atol) -> str | None:
                          "a 0)")  # fmt: skip
     gradient = _gradient_problem(
         expected, actual, "the cross-entropy of the network's outputs against the "
-        "digits the batch shows")  # fmt: skip
+        "digits the images show")  # fmt: skip
     return _joined([accuracy, gradient])
 
 
