@@ -192,9 +192,11 @@ def _check_masks(pairs, masks) -> list[torch.Tensor]:
     masks = list(masks) if isinstance(masks, (list, tuple)) else None
     ok = masks is not None and len(masks) == len(pairs) and all(
         isinstance(m, torch.Tensor) and m.shape == effective_weight(*p).shape
+        and (m.dtype == torch.bool or bool(((m == 0) | (m == 1)).all()))
         for m, p in zip(masks, pairs, strict=True)
     )  # fmt: skip
-    require(ok, "masks", "one tensor per weight, of its shape", masks)
+    accepted = "one tensor per weight, of its shape, boolean or 0/1"
+    require(ok, "masks", accepted, masks)
     return masks
 
 
@@ -208,7 +210,8 @@ def apply_masks(parameters: Pairs, masks: Sequence[torch.Tensor]) -> None:
     """
     pairs = _check_pairs(parameters)
     for (module, name), mask in zip(pairs, _check_masks(pairs, masks), strict=True):
-        prune.custom_from_mask(module, name, mask=mask.to(torch.bool))
+        weight = effective_weight(module, name)  # a CPU mask may prune a GPU weight
+        prune.custom_from_mask(module, name, mask=mask.to(weight.device, torch.bool))
 
 
 def remove_masks(parameters: Pairs) -> None:

@@ -317,6 +317,11 @@ def test_bad_arguments():
         P.global_magnitude_masks([(model.fc1, "nope")], 0.5)
     with pytest.raises(ValueError, match="masks must be one tensor per weight"):
         P.apply_masks(pairs, [torch.ones(3, dtype=torch.bool)] * len(pairs))
+    halves = [torch.full_like(P.effective_weight(m), 0.5) for m, _ in pairs]
+    with pytest.raises(ValueError, match="masks must be one tensor .* boolean or 0/1"):
+        P.apply_masks(pairs, halves)
+    P.apply_masks(pairs, [(h > 0).double() for h in halves])  # torch's 0/1 floats
+    assert P.sparsity(pairs) == 0
     P.apply_masks(pairs, P.global_magnitude_masks(pairs, 0.5))
     with pytest.raises(ValueError, match="sparsity must be >= the sparsity already"):
         P.global_magnitude_masks(pairs, 0.3)
