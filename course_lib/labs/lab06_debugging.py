@@ -195,10 +195,9 @@ def _joined(problems) -> str | None:
 # --- the training questions: digits classified by a small MLP -----------------------
 
 
-def _classify_case(seed=0, lr=0.1, batch_size=32, steps=60, svhn=False):
+def _classify_case(seed=0, lr=0.1, batch_size=32, steps=60):
     label = f"{steps} steps of SGD, lr={lr}, batch {batch_size}, seed {seed}"
-    return label, dict(seed=seed, lr=lr, batch_size=batch_size, steps=steps,
-                       svhn=svhn)  # fmt: skip
+    return label, dict(seed=seed, lr=lr, batch_size=batch_size, steps=steps)
 
 
 def _classify_hidden(tag: str, steps=(40, 80), lr=(0.05, 0.2)):
@@ -810,10 +809,10 @@ QUESTIONS = declare(__name__, [
     Question(
         "q7", "train_svhn_labels", "confident and wrong",
         run=_run_svhn, reference=train_svhn_labels, explain=_explain_q7,
-        public_cases=lambda: [_classify_case(0, 0.2, 32, 100, svhn=True)],
+        public_cases=lambda: [_classify_case(0, 0.2, 32, 100)],
         hidden_cases=lambda seed: [
-            _classify_case(seed * 7 + i, 0.2, 32, random.Random(seed).randint(80, 120),
-                           svhn=True) for i in (1, 2)],  # fmt: skip
+            _classify_case(seed * 7 + i, 0.2, 32, random.Random(seed).randint(80, 120))
+            for i in (1, 2)],  # fmt: skip
         forbidden=_LOOPS,
     ),
     Question(
