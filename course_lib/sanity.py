@@ -148,7 +148,7 @@ def initial_loss_check(
     ratio = loss / expected
     ok = abs(ratio - 1) <= rtol
     verdict = "within" if ok else "outside"
-    return Check("initial_loss", ok, f"initial loss {loss:.4g} is {ratio:.3g} x "
+    return Check("initial_loss", ok, f"initial loss {loss:.4g} is {ratio:.3f} x "
                  f"log C = {expected:.4g}, {verdict} {rtol:.0%}", details)  # fmt: skip
 
 
@@ -249,8 +249,8 @@ class StaleGradientProbe:
             return Check("stale_gradients", False, "no gradient arrived", details)
         ok = self.stale == 0
         words = "none" if ok else f"{self.stale} of {self.gradients}"
-        return Check("stale_gradients", ok, f"{words} of the gradients were added "
-                     "to a gradient left from an earlier step", details)  # fmt: skip
+        return Check("stale_gradients", ok, f"{words} of the gradients arrived while "
+                     ".grad held one from before the last step", details)  # fmt: skip
 
 
 def frozen_parameters(
@@ -363,10 +363,10 @@ def split_overlap(X_train, X_test, atol: float = 0.0, chunk: int = 1024) -> Chec
     hits = torch.nonzero(nearest <= atol).flatten().tolist()
     details = {"count": len(hits), "fraction": len(hits) / len(B), "indices": hits,
                "median_nearest": float(nearest.median())}  # fmt: skip
-    kind = "exact" if atol == 0 else f"within {atol:g}"
+    kind = "an exact copy" if atol == 0 else f"a copy within {atol:g}"
     return Check("split_overlap", not hits, f"{len(hits)} of {len(B)} test rows "
-                 f"({len(hits) / len(B):.1%}) have an {kind} copy in the training "
-                 "split", details)  # fmt: skip
+                 f"({len(hits) / len(B):.1%}) have {kind} in the training split",
+                 details)  # fmt: skip
 
 
 def _statistics(X: torch.Tensor, per_feature: bool):
