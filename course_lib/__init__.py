@@ -11,10 +11,16 @@ One module per topic (see the book's appendix or ``shared/DESIGN.md``):
 - :mod:`course_lib.diagnose`  naming what is wrong with a learning curve
 - :mod:`course_lib.monitor`   gradient norms, update ratios, NaN finder, clipping
 - :mod:`course_lib.hparam`    grid, random and coarse-to-fine search, LR range test
+- :mod:`course_lib.sanity`    set-up checks: initial loss, labels, shapes, leaks
 - :mod:`course_lib.optim`     SGD, Adagrad, RMSprop, Adam(W), NAdam, RAdam, Lookahead
 - :mod:`course_lib.init`      Xavier and Kaiming init, activation/gradient statistics
 - :mod:`course_lib.norm`      batch, layer, group, instance and weight normalisation
 - :mod:`course_lib.regularize` dropout, label smoothing, penalties, stochastic depth
+- :mod:`course_lib.ensemble`  averaged probabilities, snapshots, EMA/SWA, update_bn, TTA
+- :mod:`course_lib.distill`   Hinton et al.'s distillation loss, teachers, students
+- :mod:`course_lib.transfer`  linear probes, fine-tuning groups, source nets, ResNet-18
+- :mod:`course_lib.generalization` random labels/inputs, random features
+- :mod:`course_lib.pruning`   magnitude masks, rewinding, iterative magnitude pruning
 - :mod:`course_lib.landscapes` 2-D loss surfaces, optimizer paths, Newton's step
 - :mod:`course_lib.parallel`  DDP launcher and torchrun entry, gradient averaging
 - :mod:`course_lib.plots`     learning curves, schedules, landscapes
