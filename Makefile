@@ -46,8 +46,11 @@ book: install
 # answers process per submission, two at a time; the Colab test a venv and a
 # kernel) run after the chapters, not beside them: next to a grading matrix a
 # one-thread chapter shares its core and its time stops measuring the chapter
-# (chapter 2 took 83 s beside them against about 50 s alone).
-PROCESS_TESTS := tests/test_grading.py tests/test_grading_attacks.py tests/test_colab.py
+# (chapter 2 took 83 s beside them against about 50 s alone). The book build
+# (jupyter-book, then chromium's processes) and the torchrun tests start
+# processes too, and chapter 2 took 90 s beside them.
+PROCESS_TESTS := tests/test_grading.py tests/test_grading_attacks.py tests/test_colab.py \
+	tests/test_book.py tests/test_parallel.py
 test: install
 	$(VENV)/bin/ruff check course_lib tests benchmarks
 	$(VENV)/bin/actionlint .github/workflows/*.yml
