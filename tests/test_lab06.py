@@ -475,7 +475,7 @@ def q4_by_the_course(X_train, X_test):
     [
         (lab6.check_q1, q1_by_fit, "course_lib.train.fit"),
         (lab6.check_q4, q4_by_the_course, "course_lib.data.Standardizer"),
-        (lab6.check_q6, lab6.predict, "course_lib.labs"),
+        (lab6.check_q6, lab6._predict_reference, "course_lib.labs"),
     ],
 )
 def test_a_forbidden_route_is_named(capsys, check, answer, used):

@@ -231,7 +231,7 @@ def _run_classifier(fn, inputs, loss_fn=F.cross_entropy) -> dict:
     return out
 
 
-def train_steps(model, optimizer, batches):
+def _train_steps_reference(model, optimizer, batches):
     """Reference of q1: one SGD step per batch; returns the losses."""
     losses = []
     for X, y in batches:
@@ -248,7 +248,7 @@ def _explain_q1(expected, actual, *, rtol, atol) -> str | None:
     return _joined([gradient, gradient and _accuracy_problem(expected, actual)])
 
 
-def train_classifier(model, optimizer, batches):
+def _train_classifier_reference(model, optimizer, batches):
     """Reference of q2: cross-entropy of the logits; returns the losses."""
     losses = []
     for X, y in batches:
@@ -335,7 +335,7 @@ def _run_regressor(fn, inputs) -> dict:
     return out
 
 
-def train_regressor(model, optimizer, batches):
+def _train_regressor_reference(model, optimizer, batches):
     """Reference of q3: the mean squared error of each prediction."""
     for X, y in batches:
         optimizer.zero_grad()
@@ -417,7 +417,7 @@ def _run_standardize(fn, inputs) -> dict:
     }
 
 
-def standardize(X_train, X_test):
+def _standardize_reference(X_train, X_test):
     """Reference of q4: both splits standardised with the training statistics."""
     mean, std = X_train.mean(dim=0), X_train.std(dim=0)
     return (X_train - mean) / std, (X_test - mean) / std
@@ -485,10 +485,10 @@ def _run_epoch(fn, inputs, probe: bool = True) -> dict:
 
 
 def _expected_epoch(inputs) -> dict:
-    return _run_epoch(train_epoch, inputs, probe=False)
+    return _run_epoch(_train_epoch_reference, inputs, probe=False)
 
 
-def train_epoch(model, optimizer, batches):
+def _train_epoch_reference(model, optimizer, batches):
     """Reference of q5: the mean loss, summed as Python floats."""
     running_loss = 0.0
     for X, y in batches:
@@ -572,7 +572,7 @@ def _run_predict(fn, inputs) -> dict:
     }  # fmt: skip
 
 
-def predict(model, X):
+def _predict_reference(model, X):
     """Reference of q6: class indices from the network in evaluation mode."""
     model.eval()
     with torch.no_grad():
@@ -633,7 +633,7 @@ def _run_svhn(fn, inputs) -> dict:
     return out
 
 
-def train_svhn_labels(model, optimizer, batches):
+def _train_svhn_labels_reference(model, optimizer, batches):
     """Reference of q7: labels 1..10 (10 for the digit 0) to classes 0..9."""
     losses = []
     for X, labels in batches:
@@ -712,7 +712,7 @@ def _run_finetune(fn, inputs) -> dict:
     }  # fmt: skip
 
 
-def fine_tune(model, batches, lr, head_steps):
+def _fine_tune_reference(model, batches, lr, head_steps):
     """Reference of q8: the head alone for ``head_steps`` steps, then everything."""
     body = model[:-1]
     body.requires_grad_(False)
@@ -761,7 +761,7 @@ _LOOPS = ("course_lib.train.fit", "course_lib.train._train_epoch",
 QUESTIONS = declare(__name__, [
     Question(
         "q1", "train_steps", "steps that do not follow their batch",
-        run=_run_classifier, reference=train_steps, explain=_explain_q1,
+        run=_run_classifier, reference=_train_steps_reference, explain=_explain_q1,
         public_cases=lambda: [_classify_case(0, 0.5, 32, 100),
                               _classify_case(1, 0.3, 16, 90)],
         hidden_cases=_classify_hidden("q1", steps=(80, 120), lr=(0.3, 0.6)),
@@ -769,7 +769,7 @@ QUESTIONS = declare(__name__, [
     ),
     Question(
         "q2", "train_classifier", "a classifier that learns slowly",
-        run=_run_classifier, reference=train_classifier, explain=_explain_q2,
+        run=_run_classifier, reference=_train_classifier_reference, explain=_explain_q2,
         public_cases=lambda: [_classify_case(0, 0.3, 32, 80),
                               _classify_case(1, 0.6, 16, 60)],
         hidden_cases=_classify_hidden("q2", steps=(60, 100), lr=(0.1, 1.0)),
@@ -777,13 +777,13 @@ QUESTIONS = declare(__name__, [
     ),
     Question(
         "q3", "train_regressor", "a regressor that predicts the mean",
-        run=_run_regressor, reference=train_regressor, explain=_explain_q3,
+        run=_run_regressor, reference=_train_regressor_reference, explain=_explain_q3,
         public_cases=lambda: [_regression_case(0), _regression_case(1, 0.1, 16, 250)],
         hidden_cases=_regression_hidden, forbidden=_LOOPS,
     ),
     Question(
         "q4", "standardize", "a test score that is too good",
-        run=_run_standardize, reference=standardize, explain=_explain_q4,
+        run=_run_standardize, reference=_standardize_reference, explain=_explain_q4,
         public_cases=lambda: [_standardize_case(0), _standardize_case(1, 60, 150)],
         hidden_cases=_standardize_hidden,
         forbidden=("course_lib.data.Standardizer", "course_lib.data.standardize",
@@ -792,7 +792,7 @@ QUESTIONS = declare(__name__, [
     ),
     Question(
         "q5", "train_epoch", "memory that grows every step",
-        run=_run_epoch, reference=train_epoch, expected=_expected_epoch,
+        run=_run_epoch, reference=_train_epoch_reference, expected=_expected_epoch,
         explain=_explain_q5,
         public_cases=lambda: [_classify_case(0, 0.1, 32, 20)],
         hidden_cases=lambda seed: [_classify_case(seed * 7 + 1, 0.1, 16, 16),
@@ -801,14 +801,14 @@ QUESTIONS = declare(__name__, [
     ),
     Question(
         "q6", "predict", "predictions that change",
-        run=_run_predict, reference=predict, explain=_explain_q6,
+        run=_run_predict, reference=_predict_reference, explain=_explain_q6,
         public_cases=lambda: [_predict_case(0), _predict_case(1)],
         hidden_cases=lambda seed: [_predict_case(seed * 7 + i) for i in (1, 2)],
         forbidden=("course_lib.train.evaluate",),
     ),
     Question(
         "q7", "train_svhn_labels", "confident and wrong",
-        run=_run_svhn, reference=train_svhn_labels, explain=_explain_q7,
+        run=_run_svhn, reference=_train_svhn_labels_reference, explain=_explain_q7,
         public_cases=lambda: [_classify_case(0, 0.2, 32, 100)],
         hidden_cases=lambda seed: [
             _classify_case(seed * 7 + i, 0.2, 32, random.Random(seed).randint(80, 120))
@@ -817,7 +817,7 @@ QUESTIONS = declare(__name__, [
     ),
     Question(
         "q8", "fine_tune", "a body that never learns",
-        run=_run_finetune, reference=fine_tune, explain=_explain_q8,
+        run=_run_finetune, reference=_fine_tune_reference, explain=_explain_q8,
         public_cases=lambda: [_finetune_case(0), _finetune_case(1, 0.1, 90, 20)],
         hidden_cases=_finetune_hidden, forbidden=_LOOPS,
     ),
