@@ -34,13 +34,7 @@ F.log_softmax(v / T, 1), log_target=True, reduction="batchmean") * T**2``;
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import pickle
-import tempfile
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -50,7 +44,8 @@ from tqdm.auto import tqdm
 
 from . import device as _device
 from ._args import check_bool, check_int, check_real, require
-from .data import cache_dir, load_dataset, make_loader
+from ._util import cached_weights
+from .data import load_dataset, make_loader
 from .models import MNIST1DCNN
 from .train import History, fit, minibatch_indices
 
@@ -364,17 +359,16 @@ def mnist1d_teacher(
     cache = check_bool("cache", cache)
     shifted = _device.shifted_seed(seed)  # checks seed is an integer >= 0
     spec = [num_epochs, channels, shifted, torch.__version__]
-    digest = hashlib.sha1(json.dumps(spec).encode()).hexdigest()[:12]
-    path = cache_dir() / f"distill-mnist1d-teacher-{digest}.pt"
     with torch.random.fork_rng(devices=[]):  # leave the reader's global RNG alone
         torch.manual_seed(shifted)
         model = MNIST1DCNN(channels=channels)
-    if cache and path.exists():
-        try:
-            model.load_state_dict(torch.load(path, weights_only=True))
-            return model.eval()
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
-            pass  # unreadable: it is only a cache, so train again
+    return cached_weights(
+        model, "distill-mnist1d-teacher", spec,
+        lambda m: _train_teacher(m, num_epochs, seed), cache=cache, what="the teacher",
+    ).eval()  # fmt: skip
+
+
+def _train_teacher(model, num_epochs, seed):
     splits = load_dataset("mnist1d")
     loader = make_loader(  # make_loader shifts the seed itself
         splits.X_train, splits.y_train, batch_size=100, shuffle=True, seed=seed
@@ -385,23 +379,5 @@ def mnist1d_teacher(
     )
     fit(model, loader, optimizer, num_epochs=num_epochs, schedule=schedule,
         progress=False)  # fmt: skip
-    if cache:
-        _save_atomic(model.state_dict(), path)
-    return model.eval()
 
 
-def _save_atomic(state: dict, path) -> None:
-    """Write, then rename, so a reader never sees half a file; failures warn."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as err:  # e.g. a read-only home: still usable, just slower
-        warnings.warn(f"could not cache the teacher: {err}", stacklevel=3)
-    finally:
-        if tmp is not None:
-            os.unlink(tmp)

@@ -33,12 +33,8 @@ Where the pretrained network comes from:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pickle
-import tempfile
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -55,7 +51,8 @@ from ._args import (
     check_real,
     require,
 )
-from .data import Splits, cache_dir, load_dataset, make_loader
+from ._util import cached_weights
+from .data import Splits, load_dataset, make_loader
 from .device import generator, shifted_seed
 from .models import MNIST1DCNN
 
@@ -346,19 +343,11 @@ def pretrained_mnist1d(
     seed = check_int("seed", seed, low=0)
     cache = check_bool("cache", cache)
     spec = [source, num_epochs, lr, shifted_seed(seed), torch.__version__]
-    digest = hashlib.sha1(json.dumps(spec).encode()).hexdigest()[:12]
-    path = cache_dir() / f"transfer-mnist1d-{source}-{digest}.pt"
-    model = _new_cnn(shifted_seed(seed))
-    if cache and path.exists():
-        try:
-            model.load_state_dict(torch.load(path, weights_only=True))
-            return model
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
-            pass  # unreadable: it is only a cache, so train again
-    _train_source(model, source_task(source), num_epochs, lr, seed)
-    if cache:
-        _save_atomic(model.state_dict(), path)
-    return model
+    return cached_weights(
+        _new_cnn(shifted_seed(seed)), f"transfer-mnist1d-{source}", spec,
+        lambda model: _train_source(model, source_task(source), num_epochs, lr, seed),
+        cache=cache, what="the source model",
+    )  # fmt: skip
 
 
 def _new_cnn(seed: int) -> MNIST1DCNN:
@@ -378,22 +367,6 @@ def _train_source(model, splits, num_epochs, lr, seed):
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(model(X), y).backward()
             optimizer.step()
-
-
-def _save_atomic(state: dict, path: Path) -> None:
-    """Write then rename, so a reader never sees half a file; a failure warns."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except OSError as err:  # e.g. a read-only home: still usable, just slower
-        warnings.warn(f"could not cache the source model: {err}", stacklevel=3)
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)  # left over only if something failed
 
 
 def resnet18_weights_path() -> Path:
